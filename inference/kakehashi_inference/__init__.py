@@ -1,0 +1,1 @@
+"""Kakehashi inference server: the /v1/predict API over a baked-in TensorFlow model."""
