@@ -1,0 +1,157 @@
+"""Start, find and stop the dev environment's own server processes, by pid file.
+
+`kakehashi dev down` must stop only what `dev up` started: a pid is trusted only while
+`/proc/<pid>/exe` still resolves to the binary that was started, so a recycled pid is never
+signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def pid_alive(pid: int, binary: Path | None = None) -> bool:
+    """True if `pid` runs and (when given) is an instance of `binary`."""
+    try:
+        exe = Path(os.readlink(f"/proc/{pid}/exe"))
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return False
+    if _is_zombie(pid):
+        return False
+    if binary is None:
+        return True
+    return exe.name.removesuffix(" (deleted)") == binary.resolve().name
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def terminate(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`; returns once the process is gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            _reap(pid)
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    while pid_alive(pid):
+        time.sleep(0.05)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    # Our own children become zombies until waited for.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+@dataclass
+class Service:
+    """A long-running server process owned by the dev environment."""
+
+    name: str
+    binary: Path
+    args: Sequence[str]
+    run_dir: Path
+    health_url: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 120.0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "pids" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid, self.binary) else None
+
+    def healthy(self) -> bool:
+        if self.pid() is None:
+            return False
+        if self.health_url is None:
+            return True
+        try:
+            return httpx.get(self.health_url, timeout=2.0, verify=False).status_code < 300
+        except httpx.HTTPError:
+            return False
+
+    def start(self, wait: bool = True) -> int:
+        """Start unless already running; wait until healthy. Returns the pid."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_file.open("ab") as log:
+                proc = subprocess.Popen(
+                    [str(self.binary), *self.args],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, **self.env},
+                    # Its own session: Ctrl-C in the shell that ran `dev up` leaves it running.
+                    start_new_session=True,
+                )
+            pid = proc.pid
+            self.pid_file.write_text(f"{pid}\n")
+        if wait:
+            self.wait_healthy()
+        return pid
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            if self.pid() is None:
+                raise RuntimeError(f"{self.name} exited during start-up:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} not healthy after {self.ready_timeout_s:.0f}s "
+                           f"({self.health_url}):\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            terminate(pid)
+        self.pid_file.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
