@@ -27,6 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.cluster)
             if skip:
                 item.add_marker(pytest.mark.skip(reason="KAKEHASHI_SKIP_CLUSTER=1"))
+    # `dev down` ends the environment every other cluster test needs: run it last.
+    items.sort(key=lambda item: item.get_closest_marker("teardown_env") is not None)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kakehashi import __version__
+from kakehashi.demo import demo
 from kakehashi.dev.cli import dev
 
 
@@ -15,6 +16,7 @@ def main() -> None:
 
 
 main.add_command(dev)
+main.add_command(demo)
 
 try:  # The operator's commands live with the operator.
     from kakehashi.runner import operator_group

@@ -162,7 +162,8 @@ def _run_with_progress(cmd: list[str], tool: GoTool, total: int, env: dict[str, 
     proc = subprocess.Popen(cmd, cwd=tool.module_dir, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    done, tail, last = 0, [], 0.0
+    done, last = 0, 0.0
+    tail: list[str] = []
     for line in proc.stderr:
         done += 1
         tail = [*tail[-40:], line.rstrip()]
