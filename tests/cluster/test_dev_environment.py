@@ -196,6 +196,38 @@ def _env_with_venv() -> dict[str, str]:
 
 
 @pytest.mark.teardown_env
+def test_dev_up_recovers_after_every_process_died(dev_env: DevEnvironment) -> None:
+    """A machine handed back with its processes gone: `dev up` restarts, data intact."""
+    import os
+    import signal
+
+    from kakehashi.dev import stack
+
+    learning_api = _api(dev_env.learning.kubeconfig)
+    marker = f"survivor-{uuid.uuid4().hex[:6]}"
+    client.CoreV1Api(learning_api).create_namespace({"metadata": {"name": marker}})
+    for pid in stack.started_pids():
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(row.running for row in stack.status()), timeout=10,
+             what="every process to die")
+
+    stack.up()
+
+    assert all(row.running for row in stack.status())
+    learning_api = _api(dev_env.learning.kubeconfig)  # same kubeconfig, same server
+    client.CoreV1Api(learning_api).read_namespace(marker)  # etcd data survived
+    test_job_completes(learning_api, marker)
+
+
+def _api(kubeconfig: Path) -> Any:
+    from kubernetes import config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+@pytest.mark.teardown_env
 def test_dev_down_leaves_no_process(dev_env: DevEnvironment) -> None:
     from kakehashi.dev import stack
     from kakehashi.dev.processes import pid_alive

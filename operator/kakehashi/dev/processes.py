@@ -68,6 +68,20 @@ def terminate(pid: int, grace_s: float = 10.0) -> None:
     _reap(pid)
 
 
+def wait_gone(pids: list[int], timeout_s: float = 30.0) -> None:
+    """Wait until no process (not even a zombie) has these pids.
+
+    An orphan killed here lingers as a zombie until init reaps it (about a second on these
+    machines), and tools that probe with kill(pid, 0), kwokctl among them, take a zombie for
+    a running component and skip starting it.
+    """
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+
+
 def _reap(pid: int) -> None:
     # Our own children become zombies until waited for.
     try:

@@ -9,13 +9,17 @@ Every step checks what is already there first, so `up` is idempotent and cheap w
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from kakehashi.dev.environment import (
     S3Endpoint,
     state_dir,
 )
-from kakehashi.dev.processes import Service, free_port, pid_alive, terminate
+from kakehashi.dev.processes import Service, free_port, pid_alive, terminate, wait_gone
 
 Progress = Callable[[str], None]
 
@@ -110,6 +114,9 @@ def _kwokctl_env(layout: Layout) -> dict[str, str]:
     return {
         **os.environ,
         "KWOK_WORKDIR": str(layout.kwok_workdir),
+        # kwokctl shells out to kubectl (readiness, scaling): ours, not whatever is installed,
+        # and never a download.
+        "PATH": f"{layout.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         # kwokctl derives component flags from these; they must name the real versions.
         "KWOK_KUBE_VERSION": tools.K8S_VERSION,
         "KWOK_ETCD_VERSION": tools.ETCD_VERSION,
@@ -117,14 +124,20 @@ def _kwokctl_env(layout: Layout) -> dict[str, str]:
 
 
 def _kwokctl(layout: Layout, binaries: dict[str, Path], *args: str) -> None:
-    # kwokctl merges each cluster into a kubeconfig; keep that inside our state dir, never
-    # the user's ~/.kube/config.
-    cmd = [str(binaries["kwokctl"]), *args, "--kubeconfig",
-           str(layout.kwok_workdir / "merged-kubeconfig.yaml")]
+    cmd = [str(binaries["kwokctl"]), *args]
+    if args[0] in ("create", "delete"):
+        # These merge the cluster into (or out of) a kubeconfig: keep that inside our state
+        # dir, never the user's ~/.kube/config.
+        cmd += ["--kubeconfig", str(layout.kwok_workdir / "merged-kubeconfig.yaml")]
     result = subprocess.run(cmd, env=_kwokctl_env(layout), capture_output=True, text=True,
                             timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"kwokctl {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+
+
+def _recorded_pids(layout: Layout, cluster: str) -> list[int]:
+    pid_dir = layout.kwok_workdir / "clusters" / cluster / "pids"
+    return [int(p.read_text()) for p in pid_dir.glob("*.pid") if p.read_text().strip().isdigit()]
 
 
 def cluster_pids(layout: Layout, cluster: str) -> dict[str, int | None]:
@@ -143,12 +156,35 @@ def cluster_pids(layout: Layout, cluster: str) -> dict[str, int | None]:
     return pids
 
 
+def _cluster_config_files() -> list[Path]:
+    dev = tools.repo_root() / "manifests" / "dev"
+    return [dev / "kwokctl.yaml", dev / "kwok-stages.yaml"]
+
+
+def _cluster_config_hash(binaries: dict[str, Path]) -> str:
+    digest = hashlib.sha256()
+    for path in _cluster_config_files():
+        digest.update(path.read_bytes())
+    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "etcd"):
+        digest.update(str(binaries[name].resolve()).encode())
+    return digest.hexdigest()[:16]
+
+
 def _cluster_up(layout: Layout, binaries: dict[str, Path], cluster: str,
-                progress: Progress) -> None:
-    config = layout.kwok_workdir / "clusters" / cluster / "kwok.yaml"
-    if not config.exists():
+                progress: Progress) -> bool:
+    """Create or start `cluster` as needed; True if any of its processes were (re)started."""
+    cluster_dir = layout.kwok_workdir / "clusters" / cluster
+    stamp = layout.kwok_workdir / f"{cluster}.config-hash"
+    want = _cluster_config_hash(binaries)
+    if (cluster_dir / "kwok.yaml").exists() and (not stamp.exists()
+                                                 or stamp.read_text() != want):
+        # kwokctl fixes a cluster's flags at creation: a changed stage, flag or binary
+        # means a new cluster (its objects are test data, nothing to keep).
+        progress(f"Cluster {cluster} was made with other settings: recreating it")
+        _delete_cluster(layout, binaries, cluster)
+    if not (cluster_dir / "kwok.yaml").exists():
         progress(f"Creating cluster {cluster}")
-        stages = tools.repo_root() / "manifests" / "dev" / "kwok-stages.yaml"
+        config_args = [arg for path in _cluster_config_files() for arg in ("--config", str(path))]
         _kwokctl(
             layout, binaries, "create", "cluster", "--name", cluster, "--runtime", "binary",
             "--kube-apiserver-binary", str(binaries["kube-apiserver"]),
@@ -156,20 +192,38 @@ def _cluster_up(layout: Layout, binaries: dict[str, Path], cluster: str,
             "--kube-scheduler-binary", str(binaries["kube-scheduler"]),
             "--kwok-controller-binary", str(binaries["kwok"]),
             "--etcd-binary", str(binaries["etcd"]),
-            "--config", str(stages),
+            *config_args,
             # Client-side throttling off for every component, so controllers are limited by
             # the API server, as the operator (which has no client throttle) is.
             "--disable-qps-limits",
             "--wait", "3m",
         )
-    else:
-        pids = cluster_pids(layout, cluster)
-        if pids and all(pids.values()):
-            return
-        progress(f"Starting cluster {cluster}")
-        # Some components may still run (e.g. after a crash): stop what is left, start all.
-        _kwokctl(layout, binaries, "stop", "cluster", "--name", cluster)
-        _kwokctl(layout, binaries, "start", "cluster", "--name", cluster, "--wait", "3m")
+        stamp.write_text(want)
+        return True
+    pids = cluster_pids(layout, cluster)
+    if pids and all(pids.values()):
+        return False
+    progress(f"Starting cluster {cluster}")
+    # Some components may still run (after a crash, or a machine handed back with its
+    # processes gone): stop what is left by pid, then start all of them.
+    for pid in pids.values():
+        if pid is not None:
+            terminate(pid)
+    wait_gone(_recorded_pids(layout, cluster))
+    _kwokctl(layout, binaries, "start", "cluster", "--name", cluster, "--wait", "3m")
+    return True
+
+
+def _delete_cluster(layout: Layout, binaries: dict[str, Path], cluster: str) -> None:
+    try:
+        _kwokctl(layout, binaries, "delete", "cluster", "--name", cluster)
+    finally:
+        # Whatever kwokctl could not stop, stop by its pid file.
+        for pid in cluster_pids(layout, cluster).values():
+            if pid is not None:
+                terminate(pid)
+        shutil.rmtree(layout.kwok_workdir / "clusters" / cluster, ignore_errors=True)
+        (layout.kwok_workdir / f"{cluster}.config-hash").unlink(missing_ok=True)
 
 
 def _api(layout: Layout, cluster: str) -> Any:
@@ -211,11 +265,13 @@ def _node(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _ensure_nodes(layout: Layout, cluster: str) -> None:
+def _ensure_nodes(layout: Layout, cluster: str, restarted_at: datetime | None) -> None:
+    """Create the fake nodes if missing; after a restart, hand them to the new kwok."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    core = client.CoreV1Api(_api(layout, cluster))
+    api = _api(layout, cluster)
+    core = client.CoreV1Api(api)
     for spec in NODES[cluster]:
         try:
             # Created with its status: a Node's capacity, like a kubelet's registration.
@@ -223,15 +279,46 @@ def _ensure_nodes(layout: Layout, cluster: str) -> None:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-    deadline = time.monotonic() + 60
+    names = {spec["name"] for spec in NODES[cluster]}
+    if restarted_at is not None:
+        _release_node_leases(api, names, restarted_at)
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         nodes = core.list_node().items
-        ready = [n for n in nodes if any(c.type == "Ready" and c.status == "True"
-                                         for c in (n.status.conditions or []))]
-        if len(ready) >= len(NODES[cluster]):
+        ready = {n.metadata.name for n in nodes if any(
+            c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))}
+        if names <= ready and (restarted_at is None
+                               or _leases_renewed_since(api, names, restarted_at)):
             return
         time.sleep(0.5)
-    raise RuntimeError(f"nodes of cluster {cluster} did not become Ready within 60s")
+    raise RuntimeError(f"nodes of cluster {cluster} did not become Ready within 90s")
+
+
+def _release_node_leases(api: Any, names: set[str], restarted_at: datetime) -> None:
+    """kwok manages a node only while it holds the node's Lease, and each kwok process has
+    a new identity: leases of the dead one would block the new one for their whole duration
+    (200 s). Nothing else renews them, so delete the stale ones."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    coordination = client.CoordinationV1Api(api)
+    for lease in coordination.list_namespaced_lease("kube-node-lease").items:
+        renewed = lease.spec.renew_time
+        if lease.metadata.name in names and (renewed is None or renewed < restarted_at):
+            try:
+                coordination.delete_namespaced_lease(lease.metadata.name, "kube-node-lease")
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+def _leases_renewed_since(api: Any, names: set[str], since: datetime) -> bool:
+    from kubernetes import client
+
+    leases = client.CoordinationV1Api(api).list_namespaced_lease("kube-node-lease").items
+    fresh = {lease.metadata.name for lease in leases
+             if lease.spec.renew_time is not None and lease.spec.renew_time >= since}
+    return names <= fresh
 
 
 # --- training-operator --------------------------------------------------------------------
@@ -398,14 +485,35 @@ def _server(kubeconfig: Path) -> str:
     return server
 
 
+@contextlib.contextmanager
+def _exclusive() -> Iterator[None]:
+    """One `up`/`down` at a time per environment: parallel test sessions share it."""
+    path = state_dir().parent / f".{state_dir().name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def up(progress: Progress = _silent) -> DevEnvironment:
     """Build what is missing, start what is not running, and return the environment."""
+    with _exclusive():
+        return _up(progress)
+
+
+def _up(progress: Progress) -> DevEnvironment:
     layout = Layout.load()
     binaries = tools.ensure_all(progress)
     _link_binaries(layout, binaries)
+    restarted = set()
     for cluster in CLUSTERS:
-        _cluster_up(layout, binaries, cluster, progress)
-        _ensure_nodes(layout, cluster)
+        started_at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+        if _cluster_up(layout, binaries, cluster, progress):
+            restarted.add(cluster)
+        _ensure_nodes(layout, cluster, started_at if cluster in restarted else None)
     progress("Starting MinIO and the registry")
     minio_service(layout, binaries).start()
     registry_service(layout, binaries).start()
@@ -422,6 +530,10 @@ def up(progress: Progress = _silent) -> DevEnvironment:
     )
     _ensure_bucket(env)
     operator = training_operator_service(layout, binaries)
+    if "learning" in restarted:
+        # A new cluster has a new CA and a restarted one may have lost its watches: the
+        # controller's health endpoint would not tell, so start it afresh.
+        operator.stop()
     if not operator.healthy():
         progress("Starting the Kubeflow training-operator on the learning cluster")
         _training_operator_prerequisites(layout, binaries)
@@ -480,6 +592,11 @@ def started_pids() -> list[int]:
 
 def down(progress: Progress = _silent) -> None:
     """Stop every process `up` started, by pid, and delete the environment's data."""
+    with _exclusive():
+        _down(progress)
+
+
+def _down(progress: Progress) -> None:
     layout = Layout.load(create=False)
     binaries = _cached_binaries()
     for name in ("training-operator", "registry", "minio"):
@@ -496,10 +613,9 @@ def down(progress: Progress = _silent) -> None:
         progress(f"Deleting cluster {cluster}")
         if "kwokctl" in binaries:
             try:
-                _kwokctl(layout, binaries, "delete", "cluster", "--name", cluster)
+                _delete_cluster(layout, binaries, cluster)
             except RuntimeError as exc:
-                progress(f"kwokctl delete failed ({exc}); stopping by pid")
-        # Whatever kwokctl could not stop, stop by its pid file.
+                progress(f"kwokctl delete failed ({exc}); stopped by pid")
         for pid in cluster_pids(layout, cluster).values():
             if pid is not None:
                 terminate(pid)
