@@ -11,8 +11,10 @@ bootstrap:
 demo: bootstrap
 	$(VENV)/kakehashi demo
 
-## The whole suite: lint, type-check, unit tests, then cluster tests against real servers.
+## The whole suite: lint, type-check, then unit and cluster tests against real local servers.
+## `dev up` runs first so the (cold: ~12 min) Go builds show their progress.
 test: bootstrap lint
+	$(VENV)/kakehashi dev up
 	$(VENV)/pytest tests
 
 lint:
