@@ -447,16 +447,19 @@ def minio_service(layout: Layout, binaries: dict[str, Path]) -> Service:
     )
 
 
-def registry_service(layout: Layout, binaries: dict[str, Path]) -> Service:
-    port = layout.ports["registry"]
-    config = layout.root / "registry.yaml"
-    config.write_text(yaml.safe_dump({
+def _write_registry_config(layout: Layout) -> None:
+    (layout.root / "registry.yaml").write_text(yaml.safe_dump({
         "version": 0.1,
         "log": {"level": "warn"},
         "storage": {"filesystem": {"rootdirectory": str(layout.root / "registry-data")},
                     "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}"},
+        "http": {"addr": f"127.0.0.1:{layout.ports['registry']}"},
     }))
+
+
+def registry_service(layout: Layout, binaries: dict[str, Path]) -> Service:
+    port = layout.ports["registry"]
+    config = layout.root / "registry.yaml"
     return Service(
         name="registry",
         binary=binaries["registry"],
@@ -516,6 +519,7 @@ def _up(progress: Progress) -> DevEnvironment:
         _ensure_nodes(layout, cluster, started_at if cluster in restarted else None)
     progress("Starting MinIO and the registry")
     minio_service(layout, binaries).start()
+    _write_registry_config(layout)
     registry_service(layout, binaries).start()
     env = DevEnvironment(
         learning=ClusterEndpoint(name="learning", kubeconfig=layout.kubeconfig("learning"),
@@ -558,6 +562,8 @@ class ComponentStatus:
 
 def status() -> list[ComponentStatus]:
     layout = Layout.load(create=False)
+    if not (layout.root / "ports.json").exists():
+        return []  # never brought up here
     binaries = _cached_binaries()
     rows: list[ComponentStatus] = []
     for cluster in CLUSTERS:
@@ -566,13 +572,19 @@ def status() -> list[ComponentStatus]:
         for component, pid in cluster_pids(layout, cluster).items():
             rows.append(ComponentStatus(cluster, component, pid,
                                         server if component == "kube-apiserver" else ""))
-    if binaries:
-        for service in (minio_service(layout, binaries), registry_service(layout, binaries),
-                        training_operator_service(layout, binaries)):
-            rows.append(ComponentStatus("learning" if service.name == "training-operator"
-                                        else "shared", service.name, service.pid(),
-                                        service.health_url or ""))
+    for service in _services(layout, binaries):
+        rows.append(ComponentStatus("learning" if service.name == "training-operator"
+                                    else "shared", service.name, service.pid(),
+                                    service.health_url or ""))
     return rows
+
+
+def _services(layout: Layout, binaries: dict[str, Path]) -> list[Service]:
+    """The processes started directly (not by kwokctl), in start order."""
+    if not all(name in binaries for name in ("minio", "registry", "training-operator")):
+        return []  # never built, so never started
+    return [minio_service(layout, binaries), registry_service(layout, binaries),
+            training_operator_service(layout, binaries)]
 
 
 def _cached_binaries() -> dict[str, Path]:
@@ -599,14 +611,10 @@ def down(progress: Progress = _silent) -> None:
 def _down(progress: Progress) -> None:
     layout = Layout.load(create=False)
     binaries = _cached_binaries()
-    for name in ("training-operator", "registry", "minio"):
-        pid_file = layout.root / "pids" / f"{name}.pid"
-        if not pid_file.exists():
-            continue
-        progress(f"Stopping {name}")
-        if name in binaries:
-            {"training-operator": training_operator_service, "registry": registry_service,
-             "minio": minio_service}[name](layout, binaries).stop()
+    for service in reversed(_services(layout, binaries)):
+        if service.pid_file.exists():
+            progress(f"Stopping {service.name}")
+            service.stop()
     for cluster in CLUSTERS:
         if not (layout.kwok_workdir / "clusters" / cluster).exists():
             continue
