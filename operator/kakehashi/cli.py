@@ -17,10 +17,3 @@ def main() -> None:
 
 main.add_command(dev)
 main.add_command(demo)
-
-try:  # The operator's commands live with the operator.
-    from kakehashi.runner import operator_group
-except ImportError:  # pragma: no cover - only while the operator package is incomplete
-    pass
-else:
-    main.add_command(operator_group)
