@@ -7,6 +7,7 @@ import click
 from kakehashi import __version__
 from kakehashi.demo import demo
 from kakehashi.dev.cli import dev
+from kakehashi.runner import operator_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,3 +18,22 @@ def main() -> None:
 
 main.add_command(dev)
 main.add_command(demo)
+main.add_command(operator_group)
+
+
+@main.command("crds")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="manifests/crds",
+    show_default=True,
+    help="Directory to write the CRDs (and their kustomization.yaml) to.",
+)
+def crds(out: str) -> None:
+    """Regenerate the CustomResourceDefinitions from the resource models."""
+    from pathlib import Path
+
+    from kakehashi.api import crds as crd_module
+
+    for path in crd_module.write(Path(out)):
+        click.echo(f"wrote {path}")

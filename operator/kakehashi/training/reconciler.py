@@ -1,0 +1,309 @@
+"""The TrainingRun reconcile loop: read what the cluster holds, compute the status, close the gap.
+
+kopf delivers the events; this module decides. Every event about a run, its Job/TFJob or its
+pods only *requests* a reconcile of that run; requests for a run that is already queued are
+coalesced, and one run is never reconciled twice at once, so a burst of pod events costs one
+status patch. What the reconcile reads comes from kopf's in-memory indices (fed by the watches),
+not from API reads, which is what lets one operator keep up with hundreds of runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar, cast
+
+import kopf
+from pydantic import ValidationError
+
+from kakehashi import metrics, notify
+from kakehashi.api.trainingrun import Phase, TrainingRun, TrainingRunStatus
+from kakehashi.contract import ModelArtifact
+from kakehashi.kube import Kube
+from kakehashi.settings import OperatorSettings
+from kakehashi.training import children
+from kakehashi.training.status import (
+    LOG_TAIL_LINES,
+    Observed,
+    compute_status,
+    now_rfc3339,
+    status_patch,
+    verdict,
+)
+
+Key = tuple[str, str]  # (namespace, run name)
+ArtifactReader = Callable[[str], ModelArtifact | None]
+T = TypeVar("T")
+RESOURCE: Final = "trainingrun"
+
+logger = logging.getLogger("kakehashi.training")
+
+
+def _items(index: Mapping[Key, Iterable[Any]] | None, key: Key) -> list[dict[str, Any]]:
+    if index is None:
+        return []
+    try:
+        return [dict(v) for v in index.get(key, ())]
+    except KeyError:
+        return []
+
+
+def _rv(obj: Mapping[str, Any] | None) -> int:
+    try:
+        return int((obj or {}).get("metadata", {}).get("resourceVersion", 0))
+    except ValueError:
+        return 0
+
+
+def _target(body: dict[str, Any]) -> kopf.Body:
+    """kopf's view of a plain body, for posting Events about it."""
+    return kopf.Body(cast(kopf.RawBody, body))
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+class Reconciler:
+    def __init__(
+        self, kube: Kube, settings: OperatorSettings, read_artifact: ArtifactReader, *, threads: int = 16
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.read_artifact = read_artifact
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kakehashi-io")
+        self.indices: dict[str, Mapping[Key, Iterable[Any]]] = {}
+        self._queued: set[Key] = set()
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._written: dict[Key, dict[str, Any]] = {}  # our last status patch result per run
+        self._phases: dict[Key, Phase] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def bind(self, **indices: Mapping[Key, Iterable[Any]]) -> None:
+        self.indices.update(indices)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def request(self, key: Key) -> None:
+        """Ask for a reconcile of one run; cheap and idempotent, safe to call on every event."""
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        task = asyncio.create_task(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, key: Key) -> None:
+        """The run is gone: drop per-run memory, or it would grow forever."""
+        self._written.pop(key, None)
+        self._phases.pop(key, None)
+        self._update_phase_gauge()
+        if key not in self._queued:
+            self._locks.pop(key, None)
+
+    def pending_keys(self) -> list[Key]:
+        runs = self.indices.get("runs") or {}
+        keys = []
+        for key in list(runs):
+            for body in _items(runs, key):
+                if (body.get("status") or {}).get("phase") not in (Phase.SUCCEEDED, Phase.FAILED):
+                    keys.append(key)
+        return keys
+
+    async def _run(self, key: Key) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self._queued.discard(key)
+            started = time.perf_counter()
+            result = "success"
+            try:
+                await self.reconcile(key)
+            except Exception:
+                result = "error"
+                logger.exception("Reconcile of TrainingRun failed", extra={"namespace": key[0], "name": key[1]})
+                # The resync loop retries; a quick retry here covers transient API errors.
+                asyncio.get_running_loop().call_later(2.0, self.request, key)
+            finally:
+                metrics.RECONCILES.labels(RESOURCE, result).inc()
+                metrics.RECONCILE_SECONDS.labels(RESOURCE).observe(time.perf_counter() - started)
+
+    # -- the reconcile ----------------------------------------------------------------------
+
+    def _current_body(self, key: Key) -> dict[str, Any] | None:
+        bodies = _items(self.indices.get("runs"), key)
+        if not bodies:
+            return None
+        body = bodies[0]
+        written = self._written.get(key)
+        # The watch may lag behind our own last patch; never compute from an older status.
+        if written and written["metadata"].get("uid") == body["metadata"].get("uid") and _rv(written) > _rv(body):
+            body = {**body, "status": written.get("status") or {}}
+        return body
+
+    async def reconcile(self, key: Key) -> None:
+        namespace, name = key
+        body = self._current_body(key)
+        pods = _items(self.indices.get("pods"), key)
+        if body is None:
+            # The run is gone (its children are being garbage-collected): let its pods go.
+            await self._release_pods(pods, lambda pod: True)
+            return
+        try:
+            run = TrainingRun.model_validate(body)
+        except ValidationError as exc:
+            kopf.warn(_target(body), reason="InvalidSpec", message=str(exc)[:1000])
+            return
+        previous = run.status
+        if previous.phase is not None and previous.phase.terminal:
+            self._set_phase(key, previous.phase)
+            # A restart between the terminal patch and the notification resumes here.
+            await self._finish(key, body, run, previous)
+            await self._release_pods(pods, lambda pod: True)
+            return
+
+        _, kind = children.child_kind(run)
+        child = next(
+            (c for c in _items(self.indices.get("tfjobs" if kind == "TFJob" else "jobs"), key) if _owned_by(c, run.uid)),
+            None,
+        )
+        child_deleted = False
+        if child is None and previous.job_ref is not None and previous.job_ref.uid:
+            # Missing from the cache is not gone: only a fresh read can say it was deleted.
+            child = await self.io(self.kube.get_child, kind, namespace, children.child_name(run))
+            child_deleted = child is None
+        elif child is None:
+            rendered = children.render_child(run, self.settings)
+            child, created = await self.io(self.kube.create_child, rendered)
+            if created:
+                metrics.CHILDREN_CREATED.labels(kind).inc()
+                logger.info("Created %s for TrainingRun", kind, extra={"namespace": namespace, "name": name})
+                kopf.info(_target(body), reason=f"{kind}Created", message=f"Created {kind} {children.child_name(run)}")
+            elif not _owned_by(child or {}, run.uid):
+                kopf.warn(
+                    _target(body),
+                    reason="NameConflict",
+                    message=f"a {kind} named {children.child_name(run)} exists and is not owned by this run",
+                )
+                return
+        child_uid = (child or {}).get("metadata", {}).get("uid")
+        pods = [p for p in pods if child_uid and _owned_by(p, child_uid)]
+        observed = Observed(child=child, pods=pods, child_deleted=child_deleted)
+        outcome = verdict(run, observed)
+        output_uri = children.output_uri(run, self.settings)
+        if outcome.phase == Phase.SUCCEEDED:
+            model, error = await self._read_model(output_uri)
+            observed = Observed(child=child, pods=pods, model=model, model_error=error)
+        elif outcome.phase == Phase.FAILED and "last log lines" not in outcome.message:
+            logs = await self._log_tails(pods)
+            if logs:
+                observed = Observed(child=child, pods=pods, child_deleted=child_deleted, logs=logs)
+        status = compute_status(run, observed, output_uri=output_uri, now=datetime.now(UTC))
+        if status != previous:
+            await self._write(key, status)
+        if status.phase != previous.phase:
+            self._announce(body, run, previous, status)
+        self._set_phase(key, status.phase)
+        if status.phase is not None and status.phase.terminal:
+            await self._finish(key, body, run, status)
+            await self._release_pods(pods, lambda pod: True)
+        else:
+            # A pod being deleted before the end (deadline, eviction): its facts are in the
+            # status now, so it may go.
+            await self._release_pods(pods, lambda pod: bool(pod["metadata"].get("deletionTimestamp")))
+
+    async def _write(self, key: Key, status: TrainingRunStatus) -> None:
+        result = await self.io(self.kube.patch_run_status, key[0], key[1], status_patch(status))
+        if result is not None:
+            self._written[key] = result
+
+    async def _read_model(self, output_uri: str) -> tuple[ModelArtifact | None, str | None]:
+        try:
+            model = await self.io(self.read_artifact, output_uri)
+        except Exception as exc:  # S3 down or model.json malformed: say so in Promotable
+            return None, f"model.json at {output_uri} could not be read: {exc}"
+        if model is None:
+            return None, f"no model.json at {output_uri}: the training code did not save a model"
+        return model, None
+
+    async def _log_tails(self, pods: list[dict[str, Any]]) -> dict[str, str]:
+        logs: dict[str, str] = {}
+        for pod in pods:
+            pod_name = pod["metadata"]["name"]
+            status = pod.get("status") or {}
+            for cstatus in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+                term = (cstatus.get("state") or {}).get("terminated") or {}
+                if term.get("exitCode") and not term.get("message"):
+                    text = await self.io(
+                        self.kube.log_tail, pod["metadata"]["namespace"], pod_name, cstatus["name"], LOG_TAIL_LINES
+                    )
+                    if text:
+                        logs[f"{pod_name}/{cstatus['name']}"] = text
+        return logs
+
+    async def _release_pods(self, pods: list[dict[str, Any]], which: Callable[[dict[str, Any]], bool]) -> None:
+        for pod in pods:
+            finalizers = list(pod["metadata"].get("finalizers") or [])
+            if children.POD_FINALIZER in finalizers and which(pod):
+                await self.io(
+                    self.kube.remove_pod_finalizer,
+                    pod["metadata"]["namespace"],
+                    pod["metadata"]["name"],
+                    finalizers,
+                    children.POD_FINALIZER,
+                )
+
+    def _announce(
+        self, body: dict[str, Any], run: TrainingRun, previous: TrainingRunStatus, status: TrainingRunStatus
+    ) -> None:
+        message = f"{previous.phase or 'New'} -> {status.phase}: {status.reason}: {(status.message or '')[:900]}"
+        if status.phase == Phase.FAILED:
+            kopf.warn(_target(body), reason=f"Run{status.phase}", message=message)
+        else:
+            kopf.info(_target(body), reason=f"Run{status.phase}", message=message)
+        logger.info(
+            "TrainingRun changed phase",
+            extra={"namespace": run.namespace, "name": run.name, "phase": str(status.phase), "reason": status.reason},
+        )
+
+    async def _finish(self, key: Key, body: dict[str, Any], run: TrainingRun, status: TrainingRunStatus) -> None:
+        if status.notified_at is not None:
+            return
+        if status.start_time and status.completion_time:
+            started = datetime.fromisoformat(status.start_time.replace("Z", "+00:00"))
+            ended = datetime.fromisoformat(status.completion_time.replace("Z", "+00:00"))
+            metrics.TRAINING_SECONDS.labels(str(status.phase)).observe(max(0.0, (ended - started).total_seconds()))
+        notification = run.spec.notification
+        if notification is not None:
+            url = await self.io(self.kube.secret_value, run.namespace, notification.webhook_secret, notification.key)
+            try:
+                if url is None:
+                    raise LookupError(f"Secret {notification.webhook_secret} has no key {notification.key}")
+                await notify.send(url, notify.run_ended_message(run, status))
+                metrics.NOTIFICATIONS.labels("sent").inc()
+            except Exception as exc:
+                metrics.NOTIFICATIONS.labels("failed").inc()
+                kopf.warn(_target(body), reason="NotificationFailed", message=str(exc)[:500])
+        # Recorded even without a webhook: it marks the end-of-run side effects as done, so a
+        # restarted operator does not repeat them.
+        done = status.model_copy(update={"notified_at": now_rfc3339()})
+        await self._write(key, done)
+
+    def _set_phase(self, key: Key, phase: Phase | None) -> None:
+        if phase is None:
+            return
+        self._phases[key] = phase
+        self._update_phase_gauge()
+
+    def _update_phase_gauge(self) -> None:
+        counts = dict.fromkeys(Phase, 0)
+        for phase in self._phases.values():
+            counts[phase] += 1
+        for phase, count in counts.items():
+            metrics.RUNS.labels(phase.value).set(count)
