@@ -1,0 +1,133 @@
+"""Dynamic batching: images from concurrent requests share one model call.
+
+One worker task takes whatever is queued (up to `max_batch_size`), runs it on the model thread,
+and answers each image's future. While a batch runs, the next one queues up, so under load
+batches form by themselves and with one client nothing waits; `max_wait` adds an optional
+deliberate wait for a fuller batch. If a batch fails as a whole, its images are retried one by
+one, so one image the model chokes on fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kakehashi_inference.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Array = npt.NDArray[Any]
+
+
+@dataclass
+class _Item:
+    tensor: Array
+    future: asyncio.Future[Array]
+    queued_at: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[Array], Array],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        executor: Executor,
+        metrics: Metrics,
+    ) -> None:
+        self._run = run
+        self._max_batch_size = max(1, max_batch_size)
+        self._max_wait_s = max(0.0, max_wait_s)
+        self._executor = executor
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _ensure_worker(self) -> asyncio.Queue[_Item]:
+        # Started on first use in the running loop: under Mangum (Lambda) there is no lifespan.
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop or self._task is None or self._task.done():
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._work(self._queue), name="kakehashi-batcher")
+        return self._queue
+
+    async def submit(self, tensor: Array) -> Array:
+        """The model's output row for one input row (`tensor` without the batch axis)."""
+        queue = self._ensure_worker()
+        future: asyncio.Future[Array] = asyncio.get_running_loop().create_future()
+        queue.put_nowait(_Item(tensor, future, time.perf_counter()))
+        self._metrics.queue_depth.set(queue.qsize())
+        return await future
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _work(self, queue: asyncio.Queue[_Item]) -> None:
+        while True:
+            items = [await queue.get()]
+            deadline = time.perf_counter() + self._max_wait_s
+            while len(items) < self._max_batch_size:
+                if not queue.empty():
+                    items.append(queue.get_nowait())
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            self._metrics.queue_depth.set(queue.qsize())
+            # A client that went away cancelled its future: do not compute for it.
+            items = [item for item in items if not item.future.done()]
+            if items:
+                await self._run_batch(items)
+
+    async def _run_batch(self, items: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        for item in items:
+            self._metrics.stage_seconds.labels("queue").observe(started - item.queued_at)
+        self._metrics.batch_size.observe(len(items))
+        try:
+            batch = np.stack([item.tensor for item in items])
+            outputs = await loop.run_in_executor(self._executor, self._run, batch)
+        except Exception:
+            log.warning("Batch failed; retrying its images one by one", exc_info=True,
+                        extra={"batch_size": len(items)})
+            for item in items:
+                await self._run_one(item)
+            return
+        finally:
+            self._metrics.stage_seconds.labels("predict").observe(time.perf_counter() - started)
+        for item, output in zip(items, outputs, strict=True):
+            if not item.future.done():
+                item.future.set_result(output)
+
+    async def _run_one(self, item: _Item) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            output = await loop.run_in_executor(self._executor, self._run, item.tensor[None])
+        except Exception as error:
+            if not item.future.done():
+                item.future.set_exception(error)
+            return
+        if not item.future.done():
+            item.future.set_result(output[0])

@@ -1,0 +1,207 @@
+"""Fetching image URLs without letting clients reach what the server can reach (SSRF).
+
+A pod can reach the cloud metadata service (IAM credentials at 169.254.169.254), the
+Kubernetes API, and every internal service. So a URL is fetched only if every address its host
+resolves to is public, or permitted by the allowlist; the connection then goes to the address
+that was checked (no second DNS lookup an attacker could answer differently), and each redirect
+is checked again. Bodies are streamed and cut off at the size limit; the whole fetch has one
+deadline; a semaphore bounds downloads in flight across all requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from urllib.parse import urljoin
+
+import httpx
+
+from kakehashi_inference.errors import (
+    DownloadTimeout,
+    InvalidInput,
+    PayloadTooLarge,
+    URLRefused,
+)
+from kakehashi_inference.metrics import Metrics
+from kakehashi_inference.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Named so the refusal says what the address is; all of them are non-global anyway.
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(address)
+    for address in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
+)
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+
+class Allowlist:
+    """Networks and host names fetched although not public (e.g. an internal image store)."""
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self.networks: list[IPNetwork] = []
+        self.hosts: set[str] = set()
+        for entry in entries:
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.hosts.add(entry.lower().rstrip("."))
+
+    def permits(self, host: str, address: IPAddress) -> bool:
+        return host in self.hosts or any(address in network for network in self.networks)
+
+
+def _why_refused(address: IPAddress) -> str | None:
+    if address in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_private:
+        return "a private address"
+    if not address.is_global or address.is_multicast:
+        return "not a public address"
+    return None
+
+
+class Downloader:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._allowlist = Allowlist(settings.url_allowlist)
+        self._client: httpx.AsyncClient | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def _ensure(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        # Created on first use, inside the running loop (Lambda has no lifespan to do it).
+        if self._client is None or self._semaphore is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,  # each hop is checked by us
+                trust_env=False,  # a proxy from the environment would bypass the address check
+                timeout=httpx.Timeout(self._settings.download_timeout_s),
+                limits=httpx.Limits(max_connections=self._settings.max_downloads),
+            )
+            self._semaphore = asyncio.Semaphore(self._settings.max_downloads)
+        return self._client, self._semaphore
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def fetch(self, url: str, index: int) -> bytes:
+        """The body at `url` (image `index` of the request), or a typed error naming it."""
+        client, semaphore = self._ensure()
+        timeout = self._settings.download_timeout_s
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                async with semaphore:
+                    return await self._fetch(client, url, index)
+        except (TimeoutError, httpx.TimeoutException):
+            raise DownloadTimeout(
+                f"download of {url} did not finish within {timeout:g} s", image=index
+            ) from None
+        except httpx.HTTPError as error:
+            raise InvalidInput(f"could not download {url}: {error}", image=index) from None
+        finally:
+            self._metrics.stage_seconds.labels("download").observe(time.perf_counter() - started)
+
+    async def _fetch(self, client: httpx.AsyncClient, url: str, index: int) -> bytes:
+        for _ in range(self._settings.max_redirects + 1):
+            target, host = await self._check(url, index)
+            request = client.build_request(
+                "GET",
+                target,
+                headers={"Host": _host_header(httpx.URL(url)), "Accept": "image/*"},
+                # TLS must still verify the certificate against the name, not the address.
+                extensions={"sni_hostname": host} if target.scheme == "https" else {},
+            )
+            response = await client.send(request, stream=True)
+            try:
+                if response.status_code in _REDIRECTS and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code != 200:
+                    raise InvalidInput(
+                        f"download of {url} answered HTTP {response.status_code}", image=index
+                    )
+                return await self._read(response, url, index)
+            finally:
+                await response.aclose()
+        raise InvalidInput(
+            f"{url} redirected more than {self._settings.max_redirects} times", image=index
+        )
+
+    async def _read(self, response: httpx.Response, url: str, index: int) -> bytes:
+        limit = self._settings.max_image_bytes
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"{url} is {declared} bytes, over the {limit} allowed", image=index)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"{url} is over the {limit} bytes allowed", image=index)
+        return bytes(body)
+
+    async def _check(self, url: str, index: int) -> tuple[httpx.URL, str]:
+        """The URL to connect to (host replaced by a checked address), and its host name."""
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as error:
+            raise InvalidInput(f"invalid URL {url!r}: {error}", image=index) from None
+        if parsed.scheme not in ("http", "https"):
+            raise URLRefused(
+                f"only http and https URLs are fetched, not {parsed.scheme or 'no scheme'!r}",
+                image=index,
+            )
+        host = parsed.host.lower().rstrip(".")
+        if not host:
+            raise InvalidInput(f"URL {url!r} has no host", image=index)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        addresses = await _resolve(host, port, index)
+        for address in addresses:
+            reason = _why_refused(address)
+            if reason is not None and not self._allowlist.permits(host, address):
+                raise URLRefused(
+                    f"URL {url} refused: {host} resolves to {address}, {reason} "
+                    "(permit it with KAKEHASHI_URL_ALLOWLIST)",
+                    image=index,
+                )
+        return parsed.copy_with(host=str(addresses[0])), host
+
+
+async def _resolve(host: str, port: int, index: int) -> list[IPAddress]:
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+        return [_unmap(literal)]
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )
+    except OSError as error:
+        raise InvalidInput(f"cannot resolve host {host!r}: {error}", image=index) from None
+    addresses = [_unmap(ipaddress.ip_address(info[4][0])) for info in infos]
+    if not addresses:
+        raise InvalidInput(f"host {host!r} has no address", image=index)
+    return addresses
+
+
+def _unmap(address: IPAddress) -> IPAddress:
+    # ::ffff:127.0.0.1 reaches 127.0.0.1: judge it as the IPv4 address it maps to.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _host_header(url: httpx.URL) -> str:
+    default = 443 if url.scheme == "https" else 80
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return host if url.port in (None, default) else f"{host}:{url.port}"

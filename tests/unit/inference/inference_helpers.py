@@ -1,0 +1,25 @@
+"""Payload helpers shared by the inference tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def jpeg(color: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (64, 48),
+         fmt: str = "JPEG") -> bytes:
+    """A small photo-like image: a gradient, so JPEG has real content to decode."""
+    width, height = size
+    x = np.linspace(0, 1, width)[None, :, None]
+    y = np.linspace(0, 1, height)[:, None, None]
+    pixels = np.clip(np.array(color)[None, None, :] * (0.5 + 0.5 * x * y), 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
