@@ -57,6 +57,8 @@ class Allowlist:
 def _why_refused(address: IPAddress) -> str | None:
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
+    if address.is_unspecified:  # 0.0.0.0 and :: connect to this host
+        return "an unspecified address"
     if address.is_loopback:
         return "a loopback address"
     if address.is_link_local:

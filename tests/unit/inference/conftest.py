@@ -152,11 +152,17 @@ def image_server() -> Iterator[ImageServer]:
             with state.lock:
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            counted = True
             try:
                 if parsed.path == "/image.jpg":
                     self._send(200, image)
                 elif parsed.path == "/slow.jpg":
                     time.sleep(float(query.get("seconds", ["0.3"])[0]))
+                    # Leave the count before answering: once the client has the answer it
+                    # may start the next download at once.
+                    with state.lock:
+                        state.in_flight -= 1
+                    counted = False
                     self._send(200, image)
                 elif parsed.path == "/redirect":
                     self.send_response(302)
@@ -176,8 +182,9 @@ def image_server() -> Iterator[ImageServer]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
             finally:
-                with state.lock:
-                    state.in_flight -= 1
+                if counted:
+                    with state.lock:
+                        state.in_flight -= 1
 
         def _send(self, status: int, body: bytes) -> None:
             self.send_response(status)

@@ -1,0 +1,138 @@
+"""Dynamic batching: concurrent images share model calls, a bad image fails alone, and thread
+counts follow the container's CPU quota."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from inference_helpers import b64, jpeg
+
+from kakehashi_inference.batching import Batcher
+from kakehashi_inference.cgroup import cpu_quota, cpu_threads
+from kakehashi_inference.metrics import Metrics
+
+
+class SlowModel:
+    """Doubles its input; records batch sizes; refuses NaN like a model might crash on it."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+        self.batches: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(len(batch))
+        time.sleep(self.seconds)
+        if np.isnan(batch).any():
+            raise ValueError("NaN in input")
+        return batch * 2
+
+
+def make_batcher(model: SlowModel, max_batch_size: int = 4, max_wait_s: float = 0.0) -> Batcher:
+    return Batcher(model, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
+                   executor=ThreadPoolExecutor(1), metrics=Metrics())
+
+
+async def submit_all(batcher: Batcher, values: list[float]) -> list[object]:
+    results = await asyncio.gather(
+        *(batcher.submit(np.array([value], np.float32)) for value in values),
+        return_exceptions=True,
+    )
+    await batcher.aclose()
+    return results
+
+
+def test_concurrent_images_share_model_calls_up_to_the_max_batch() -> None:
+    model = SlowModel()
+    results = asyncio.run(submit_all(make_batcher(model), [float(i) for i in range(10)]))
+    assert [float(r[0]) for r in results] == [2.0 * i for i in range(10)]  # type: ignore[index]
+    assert max(model.batches) == 4
+    assert len(model.batches) <= 4  # not 10 calls
+
+
+def test_a_lone_image_does_not_wait_for_company() -> None:
+    model = SlowModel(seconds=0)
+    started = time.perf_counter()
+    asyncio.run(submit_all(make_batcher(model), [1.0]))
+    assert time.perf_counter() - started < 0.5
+    assert model.batches == [1]
+
+
+def test_max_wait_gathers_images_arriving_later() -> None:
+    model = SlowModel(seconds=0)
+
+    async def staggered() -> None:
+        batcher = make_batcher(model, max_batch_size=8, max_wait_s=0.2)
+        tasks = []
+        for value in range(3):
+            tasks.append(asyncio.create_task(batcher.submit(np.array([value], np.float32))))
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*tasks)
+        await batcher.aclose()
+
+    asyncio.run(staggered())
+    assert model.batches == [3]
+
+
+def test_a_bad_image_fails_alone_and_its_batch_mates_succeed() -> None:
+    model = SlowModel(seconds=0.01)
+    results = asyncio.run(submit_all(make_batcher(model), [1.0, float("nan"), 3.0]))
+    assert float(results[0][0]) == 2.0  # type: ignore[index]
+    assert isinstance(results[1], ValueError)
+    assert float(results[2][0]) == 6.0  # type: ignore[index]
+
+
+def test_concurrent_requests_through_the_server_are_batched(client: TestClient) -> None:
+    payloads = [{"images": [{"data": b64(jpeg((i * 20, 90, 90)))}]} for i in range(12)]
+    barrier = threading.Barrier(12)
+
+    def call(payload: dict[str, object]) -> int:
+        barrier.wait()
+        return client.post("/v1/predict", json=payload).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        assert list(pool.map(call, payloads)) == [200] * 12
+    metrics = client.get("/metrics").text
+    count = _sample(metrics, "kakehashi_inference_batch_size_count")
+    total = _sample(metrics, "kakehashi_inference_batch_size_sum")
+    assert total == 12
+    assert count < 12, "every image ran in a model call of its own"
+
+
+def _sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cpu_quota_is_read_from_cgroup_v2_or_v1(
+    tmp_path: Path, files: dict[str, str], quota: float | None
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content)
+    assert cpu_quota(tmp_path) == quota
+
+
+def test_threads_follow_the_quota_not_the_host(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU
+    assert cpu_threads(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_threads(tmp_path) >= 1
