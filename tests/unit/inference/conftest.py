@@ -129,8 +129,9 @@ class ImageServer:
 
     port: int
     host: str = "127.0.0.1"
-    in_flight: int = 0
-    max_in_flight: int = 0
+    in_flight: dict[str, int] = field(default_factory=dict)
+    max_in_flight: dict[str, int] = field(default_factory=dict)
+    """Requests in progress, per `group` query parameter (tests overlap on one server)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str, host: str | None = None) -> str:
@@ -149,9 +150,12 @@ def image_server() -> Iterator[ImageServer]:
         def do_GET(self) -> None:
             parsed = urlparse(self.path)
             query = parse_qs(parsed.query)
+            group = query.get("group", [""])[0]
             with state.lock:
-                state.in_flight += 1
-                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+                state.in_flight[group] = state.in_flight.get(group, 0) + 1
+                state.max_in_flight[group] = max(
+                    state.max_in_flight.get(group, 0), state.in_flight[group]
+                )
             counted = True
             try:
                 if parsed.path == "/image.jpg":
@@ -161,7 +165,7 @@ def image_server() -> Iterator[ImageServer]:
                     # Leave the count before answering: once the client has the answer it
                     # may start the next download at once.
                     with state.lock:
-                        state.in_flight -= 1
+                        state.in_flight[group] -= 1
                     counted = False
                     self._send(200, image)
                 elif parsed.path == "/redirect":
@@ -184,7 +188,7 @@ def image_server() -> Iterator[ImageServer]:
             finally:
                 if counted:
                     with state.lock:
-                        state.in_flight -= 1
+                        state.in_flight[group] -= 1
 
         def _send(self, status: int, body: bytes) -> None:
             self.send_response(status)

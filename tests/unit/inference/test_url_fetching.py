@@ -119,9 +119,9 @@ def test_concurrent_downloads_are_bounded(
     make_client: ClientFactory, image_server: ImageServer
 ) -> None:
     client = make_client(url_allowlist=LOOPBACK, max_downloads=2)
-    image_server.max_in_flight = 0
-    images = [{"url": image_server.url(f"/slow.jpg?seconds=0.2&n={i}")} for i in range(6)]
+    images = [{"url": image_server.url(f"/slow.jpg?seconds=0.2&group=bounded&n={i}")}
+              for i in range(6)]
     response = client.post("/v1/predict", json={"images": images})
     assert response.status_code == 200, response.text
     assert len(response.json()["images"]) == 6
-    assert image_server.max_in_flight == 2
+    assert image_server.max_in_flight["bounded"] == 2
