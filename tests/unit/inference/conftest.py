@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from fastapi.testclient import TestClient
-from inference_helpers import jpeg
+from inference_helpers import ClientFactory, ImageServer, jpeg
 
 from kakehashi_inference.app import create_app
 from kakehashi_inference.model import LoadedModel, load_model
@@ -95,9 +94,6 @@ def tabular_model(tabular_model_dir: Path) -> LoadedModel:
     return load_model(Settings(model_name="tabular", model_dir=tabular_model_dir), threads=2)
 
 
-ClientFactory = Callable[..., TestClient]
-
-
 @pytest.fixture
 def make_client(image_model: LoadedModel, image_model_dir: Path) -> Iterator[ClientFactory]:
     """A started test client over the session's image model, with settings overridden."""
@@ -121,21 +117,6 @@ def make_client(image_model: LoadedModel, image_model_dir: Path) -> Iterator[Cli
 @pytest.fixture
 def client(make_client: ClientFactory) -> TestClient:
     return make_client()
-
-
-@dataclass
-class ImageServer:
-    """A real HTTP server on loopback: what image URLs point at in the tests."""
-
-    port: int
-    host: str = "127.0.0.1"
-    in_flight: dict[str, int] = field(default_factory=dict)
-    max_in_flight: dict[str, int] = field(default_factory=dict)
-    """Requests in progress, per `group` query parameter (tests overlap on one server)."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def url(self, path: str, host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{path}"
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,8 @@ import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import ClientFactory
 from fastapi.testclient import TestClient
-from inference_helpers import b64, jpeg
+from inference_helpers import ClientFactory, b64, jpeg
 from PIL import Image
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from conftest import ClientFactory, ImageServer
 from fastapi.testclient import TestClient
+from inference_helpers import ClientFactory, ImageServer
 
 LOOPBACK = ("127.0.0.1/32",)
 
