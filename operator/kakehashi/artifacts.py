@@ -117,7 +117,8 @@ def _is_not_found(error: Exception) -> bool:
     if not isinstance(response, dict):
         return False
     code = str(response.get("Error", {}).get("Code", ""))
-    return code in {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+    # A missing bucket is not "not written yet": it is a misconfiguration, and must surface.
+    return code in {"NoSuchKey", "404", "NotFound"}
 
 
 def read_model_artifact(s3_client: Any, output_uri: str) -> ModelArtifact | None:
