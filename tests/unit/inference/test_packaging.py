@@ -1,0 +1,93 @@
+"""What teams deploy: the Lambda handler behind API Gateway, the CloudFormation templates
+(checked by cfn-lint), and the Dockerfiles' promises (non-root, healthcheck, model last)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from inference_helpers import jpeg
+
+from kakehashi_inference import lambda_handler
+
+INFERENCE = Path(__file__).resolve().parents[3] / "inference"
+
+
+def http_api_event(path: str, body: bytes, content_type: str, query: str = "") -> dict[str, Any]:
+    """An API Gateway HTTP API (payload format 2.0) event, as AWS documents it."""
+    binary = not content_type.startswith(("application/json", "text/"))
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": {"content-type": content_type, "host": "abc123.execute-api.eu-west-1.amazonaws.com",
+                    "x-forwarded-proto": "https", "x-forwarded-port": "443"},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "abc123", "domainName":
+            "abc123.execute-api.eu-west-1.amazonaws.com", "requestId": "id", "routeKey": "$default",
+            "stage": "$default", "timeEpoch": 1700000000000,
+            "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "203.0.113.7", "userAgent": "pytest"},
+        },
+        "body": base64.b64encode(body).decode() if binary else body.decode(),
+        "isBase64Encoded": binary,
+    }
+
+
+def test_lambda_handler_serves_json_and_raw_images(
+    image_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAKEHASHI_MODEL_DIR", str(image_model_dir))
+    monkeypatch.setenv("KAKEHASHI_MODEL_NAME", "tiny")
+    monkeypatch.setattr(lambda_handler, "_adapter", None)
+    body = json.dumps({"images": [{"data": base64.b64encode(jpeg()).decode()}]}).encode()
+    response = lambda_handler.handler(
+        http_api_event("/v1/predict", body, "application/json", "top_k=2"), None
+    )
+    assert response["statusCode"] == 200, response
+    result = json.loads(response["body"])["images"][0]
+    assert len(result["predictions"]) == 2
+    raw = lambda_handler.handler(http_api_event("/v1/predict", jpeg(), "image/jpeg"), None)
+    assert raw["statusCode"] == 200
+    assert json.loads(raw["body"])["images"][0]["category"] == result["category"]
+    bad = lambda_handler.handler(http_api_event("/v1/predict", b"nope", "image/png"), None)
+    assert bad["statusCode"] == 400
+
+
+def test_cloudformation_templates_pass_cfn_lint() -> None:
+    templates = sorted((INFERENCE / "cloudformation").glob("*.yaml"))
+    assert {t.name for t in templates} == {"lambda.yaml", "elasticbeanstalk.yaml"}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), *map(str, templates)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split()[0].upper(), line) for line in lines if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "lambda/Dockerfile"])
+def test_dockerfiles_are_multi_stage_with_the_model_as_last_layer(dockerfile: str) -> None:
+    instructions = _instructions(INFERENCE / dockerfile)
+    assert sum(kind == "FROM" for kind, _ in instructions) >= 2
+    layers = [line for kind, line in instructions if kind in ("COPY", "RUN", "ADD")]
+    assert "MODEL_SRC" in layers[-1], "baking appends the model: it must be the last layer"
+
+
+def test_serving_image_runs_as_non_root_with_a_readiness_healthcheck() -> None:
+    instructions = _instructions(INFERENCE / "Dockerfile")
+    users = [line.split()[1] for kind, line in instructions if kind == "USER"]
+    assert users and not users[-1].startswith(("root", "0"))
+    healthcheck = [line for kind, line in instructions if kind == "HEALTHCHECK"]
+    assert healthcheck and "/ready" in healthcheck[0]
+    assert ("ENTRYPOINT", 'ENTRYPOINT ["kakehashi-serve"]') in instructions
