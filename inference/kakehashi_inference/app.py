@@ -66,9 +66,7 @@ class Server:
         self.threads = settings.threads or cpu_threads()
         self.metrics = Metrics()
         self.downloader = Downloader(settings, self.metrics)
-        # One model call at a time: the model already spreads each call over `threads` CPUs,
-        # and two calls at once would only fight over them.
-        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="kakehashi-model")
+        self.model_executor: ThreadPoolExecutor | None = None
         self.cpu_executor = ThreadPoolExecutor(self.threads, thread_name_prefix="kakehashi-cpu")
         self.model: LoadedModel | None = None
         self.batcher: Batcher | None = None
@@ -79,12 +77,18 @@ class Server:
 
     def use(self, model: LoadedModel) -> None:
         if model.image is not None:
+            # As many model threads as calls the model can progress at once, no more: extra
+            # calls would only fight over the same CPUs.
+            self.model_executor = ThreadPoolExecutor(
+                model.parallel_calls, thread_name_prefix="kakehashi-model"
+            )
             self.batcher = Batcher(
                 model.classify,
                 max_batch_size=self.settings.max_batch_size,
                 max_wait_s=self.settings.max_wait_ms / 1000,
                 executor=self.model_executor,
                 metrics=self.metrics,
+                parallel=model.parallel_calls,
             )
         self.model = model
         self.metrics.model_info.info({
@@ -92,6 +96,7 @@ class Server:
             "digest": model.digest,
             "runtime": model.runtime,
             "threads": str(self.threads),
+            "parallel_calls": str(model.parallel_calls),
             "max_batch_size": str(self.settings.max_batch_size),
         })
         self.metrics.model_ready.set(1)
@@ -116,7 +121,8 @@ class Server:
         if self.batcher is not None:
             await self.batcher.aclose()
         await self.downloader.aclose()
-        self.model_executor.shutdown(wait=False, cancel_futures=True)
+        if self.model_executor is not None:
+            self.model_executor.shutdown(wait=False, cancel_futures=True)
         self.cpu_executor.shutdown(wait=False, cancel_futures=True)
 
     async def predict(self, images: list[bytes | ImageInput], top_k: int) -> PredictResponse:

@@ -1,7 +1,8 @@
 """Dynamic batching: images from concurrent requests share one model call.
 
-One worker task takes whatever is queued (up to `max_batch_size`), runs it on the model thread,
-and answers each image's future. While a batch runs, the next one queues up, so under load
+A worker task takes whatever is queued (up to `max_batch_size`) as soon as a model slot is free
+(`parallel` slots: model calls that progress side by side), runs it on a model thread and
+answers each image's future. While the slots are busy the next batch queues up, so under load
 batches form by themselves and with one client nothing waits; `max_wait` adds an optional
 deliberate wait for a fuller batch. If a batch fails as a whole, its images are retried one by
 one, so one image the model chokes on fails only its own request.
@@ -43,12 +44,15 @@ class Batcher:
         max_wait_s: float,
         executor: Executor,
         metrics: Metrics,
+        parallel: int = 1,
     ) -> None:
         self._run = run
         self._max_batch_size = max(1, max_batch_size)
         self._max_wait_s = max(0.0, max_wait_s)
         self._executor = executor
         self._metrics = metrics
+        self._parallel = max(1, parallel)
+        self._running: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -71,6 +75,8 @@ class Batcher:
         return await future
 
     async def aclose(self) -> None:
+        for task in list(self._running):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -80,7 +86,11 @@ class Batcher:
             self._task = None
 
     async def _work(self, queue: asyncio.Queue[_Item]) -> None:
+        slots = asyncio.Semaphore(self._parallel)
         while True:
+            # Take a slot before the first item: while every slot is busy, images pile up in
+            # the queue and the next batch is taken whole.
+            await slots.acquire()
             items = [await queue.get()]
             deadline = time.perf_counter() + self._max_wait_s
             while len(items) < self._max_batch_size:
@@ -97,8 +107,13 @@ class Batcher:
             self._metrics.queue_depth.set(queue.qsize())
             # A client that went away cancelled its future: do not compute for it.
             items = [item for item in items if not item.future.done()]
-            if items:
-                await self._run_batch(items)
+            if not items:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._run_batch(items))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(lambda _: slots.release())
 
     async def _run_batch(self, items: list[_Item]) -> None:
         loop = asyncio.get_running_loop()

@@ -31,6 +31,9 @@ from kakehashi_inference.settings import Settings, parse_allowlist
               help="Wait for a fuller batch [env KAKEHASHI_MAX_WAIT_MS; default 0]")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Model threads [env KAKEHASHI_THREADS; default: the cgroup CPU quota]")
+@click.option("--model-workers", type=click.IntRange(min=1),
+              help="Model calls side by side, threads split among them [env "
+              "KAKEHASHI_MODEL_WORKERS; default: one per thread; 1: lowest idle latency]")
 @click.option("--runtime", type=click.Choice(["auto", "tflite", "savedmodel"]),
               help="Model runtime [env KAKEHASHI_RUNTIME; default auto]")
 @click.option("--preprocess", type=click.Choice(["tf", "unit", "raw"]),

@@ -41,6 +41,10 @@ class Settings:
     threads: int | None = None
     """Model threads; None means the container's CPU quota (cgroup), not the host's cores."""
 
+    model_workers: int | None = None
+    """Model calls run side by side, each on `threads // model_workers` threads (TFLite).
+    None: one per thread, the best throughput under load; 1: the lowest latency when idle."""
+
     runtime: Runtime = "auto"
     """`tflite`: TFLite + XNNPACK converted at load; `savedmodel`: the signature's concrete
     function; `auto`: TFLite when it converts and matches the SavedModel within tolerance."""
@@ -98,7 +102,7 @@ class Settings:
         return cls(**values)
 
 
-_INTS = {"max_batch_size", "threads", "max_images", "max_image_bytes", "max_request_bytes",
+_INTS = {"max_batch_size", "threads", "model_workers", "max_images", "max_image_bytes", "max_request_bytes",
          "max_image_pixels", "max_downloads", "max_redirects"}
 _FLOATS = {"max_wait_ms", "tflite_atol", "tflite_rtol", "download_timeout_s"}
 

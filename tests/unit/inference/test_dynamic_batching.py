@@ -34,9 +34,10 @@ class SlowModel:
         return batch * 2
 
 
-def make_batcher(model: SlowModel, max_batch_size: int = 4, max_wait_s: float = 0.0) -> Batcher:
+def make_batcher(model: SlowModel, max_batch_size: int = 4, max_wait_s: float = 0.0,
+                 parallel: int = 1) -> Batcher:
     return Batcher(model, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
-                   executor=ThreadPoolExecutor(1), metrics=Metrics())
+                   executor=ThreadPoolExecutor(parallel), metrics=Metrics(), parallel=parallel)
 
 
 async def submit_all(batcher: Batcher, values: list[float]) -> list[object]:
@@ -54,6 +55,17 @@ def test_concurrent_images_share_model_calls_up_to_the_max_batch() -> None:
     assert [float(r[0]) for r in results] == [2.0 * i for i in range(10)]  # type: ignore[index]
     assert max(model.batches) == 4
     assert len(model.batches) <= 4  # not 10 calls
+
+
+def test_parallel_model_slots_run_batches_side_by_side() -> None:
+    model = SlowModel(seconds=0.2)
+    started = time.perf_counter()
+    results = asyncio.run(submit_all(make_batcher(model, max_batch_size=4, parallel=2),
+                                     [float(i) for i in range(8)]))
+    elapsed = time.perf_counter() - started
+    assert [float(r[0]) for r in results] == [2.0 * i for i in range(8)]  # type: ignore[index]
+    assert sorted(model.batches) == [4, 4]
+    assert elapsed < 0.35, "two batches of 0.2 s should overlap"
 
 
 def test_a_lone_image_does_not_wait_for_company() -> None:
