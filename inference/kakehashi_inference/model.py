@@ -240,11 +240,15 @@ class LoadedModel:
             return self.labels[index]
         return Label(str(index), str(index))
 
-    def warm_up(self) -> None:
-        """Run every code path once, so the first client does not pay for lazy initialisation."""
+    def warm_up(self, max_batch_size: int) -> None:
+        """Run every interpreter of every worker once, so no client pays for lazy set-up."""
         if self.image is not None and self._classify is not None:
-            shape = (1, self.image.height, self.image.width, self.image.channels)
-            self._classify(np.zeros(shape, np.float32))
+            # 2n - 1 images run through every power-of-two interpreter up to n; successive
+            # calls land on successive workers.
+            count = 2 * max(1, max_batch_size) - 1
+            shape = (count, self.image.height, self.image.width, self.image.channels)
+            for _ in range(self.parallel_calls):
+                self._classify(np.zeros(shape, np.float32))
 
 
 def load_model(settings: Settings, threads: int) -> LoadedModel:
@@ -319,7 +323,7 @@ def load_model(settings: Settings, threads: int) -> LoadedModel:
         tflite_max_abs_diff=max_diff,
         _functions=functions, _classify=classify,
     )
-    model.warm_up()
+    model.warm_up(settings.max_batch_size)
     log.info(
         "Loaded model",
         extra={
