@@ -37,3 +37,7 @@ def crds(out: str) -> None:
 
     for path in crd_module.write(Path(out)):
         click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ import yaml
 
 from kakehashi import GROUP, VERSION
 from kakehashi.api import trainingrun
-from kakehashi.api.schema import structural_schema
+from kakehashi.api.schema import filled_default, structural_schema
 
 # Every child's name is derived from the run's, and a TFJob replica's Service name
 # (<run>-worker-12) must stay a 63-character DNS label.
@@ -25,7 +25,7 @@ def trainingrun_crd() -> dict[str, Any]:
     spec_schema = structural_schema(trainingrun.TrainingRunSpec)
     status_schema = structural_schema(trainingrun.TrainingRunStatus)
     # The whole spec is immutable, so the API server must see it even when the user omits it.
-    spec_schema["default"] = {}
+    spec_schema["default"] = filled_default(spec_schema)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

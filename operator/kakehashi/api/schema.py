@@ -80,7 +80,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 and "default" not in converted
                 and not _nullable(sub, defs)
             ):
-                converted["default"] = {}
+                converted["default"] = filled_default(converted)
             props[name] = converted
         out["properties"] = props
     elif out.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
@@ -104,3 +104,13 @@ def _drop_null_default(node: dict[str, Any]) -> dict[str, Any]:
     if "default" in node and node["default"] is None:
         del node["default"]
     return node
+
+
+def filled_default(schema: dict[str, Any]) -> dict[str, Any]:
+    """The object the API server would build from `{}`: its CEL rules validate defaults as
+    written, without applying nested defaults first, so a default must already be complete."""
+    out: dict[str, Any] = {}
+    for name, sub in (schema.get("properties") or {}).items():
+        if "default" in sub:
+            out[name] = sub["default"]
+    return out

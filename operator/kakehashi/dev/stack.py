@@ -631,3 +631,30 @@ def _down(progress: Progress) -> None:
     # The training-operator's certificate rotator writes its serving certs to a fixed path.
     shutil.rmtree("/tmp/k8s-webhook-server/serving-certs", ignore_errors=True)
     progress("Dev environment removed")
+
+
+def restart_component(cluster: str, component: str, timeout: float = 60.0) -> int:
+    """Restart one control-plane process in place (same command line, environment and files).
+
+    What a crash-looping or upgraded kube-apiserver looks like to its clients; `up()` would
+    instead restart the whole cluster. Returns the new pid, recorded in kwokctl's pid file so
+    `down()` still stops it.
+    """
+    layout = Layout.load(create=False)
+    pid_file = layout.kwok_workdir / "clusters" / cluster / "pids" / f"{component}.pid"
+    pid = int(pid_file.read_text().strip())
+    proc = Path(f"/proc/{pid}")
+    cmdline = [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg]
+    environ = dict(
+        item.decode().split("=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item
+    )
+    cwd = os.readlink(proc / "cwd")
+    terminate(pid)
+    wait_gone([pid])
+    log = (layout.kwok_workdir / "clusters" / cluster / "logs").joinpath(f"{component}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        new = subprocess.Popen(cmdline, env=environ, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    pid_file.write_text(str(new.pid))
+    return new.pid

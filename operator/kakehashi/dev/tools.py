@@ -135,12 +135,14 @@ def build(tool: GoTool, progress: Progress = _quiet) -> Path:
     progress(f"Building {', '.join(tool.binaries)} ({tool.name} {tool.version}): "
              f"{total} packages, first build only")
     ldflags = " ".join((*tool.ldflags, *tool.extra_ldflags))
+    done = 0
     for name, package in tool.binaries.items():
         cmd = ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o",
                str(staging / name)]
         if tool.tags:
             cmd += ["-tags", tool.tags]
-        _run_with_progress([*cmd, package], tool, total, env, progress)
+        # Binaries of one tool share most packages, compiled once: the count runs across them.
+        done = _run_with_progress([*cmd, package], tool, total, env, progress, done)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
@@ -157,12 +159,12 @@ def _count_packages(tool: GoTool, packages: list[str], env: dict[str, str]) -> i
 
 
 def _run_with_progress(cmd: list[str], tool: GoTool, total: int, env: dict[str, str],
-                       progress: Progress) -> None:
+                       progress: Progress, done: int = 0) -> int:
     # `go build -v` names each package as it compiles it: a cheap, honest progress counter.
     proc = subprocess.Popen(cmd, cwd=tool.module_dir, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    done, last = 0, 0.0
+    last = 0.0
     tail: list[str] = []
     for line in proc.stderr:
         done += 1
@@ -174,6 +176,7 @@ def _run_with_progress(cmd: list[str], tool: GoTool, total: int, env: dict[str, 
     if proc.wait() != 0:
         detail = "\n".join(tail)
         raise RuntimeError(f"go build failed for {tool.name} ({' '.join(cmd[-1:])}):\n{detail}")
+    return done
 
 
 def ensure_all(progress: Progress = _quiet) -> dict[str, Path]:

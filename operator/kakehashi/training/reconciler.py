@@ -127,7 +127,7 @@ class Reconciler:
                 await self.reconcile(key)
             except Exception:
                 result = "error"
-                logger.exception("Reconcile of TrainingRun failed", extra={"namespace": key[0], "name": key[1]})
+                logger.exception("Reconcile of TrainingRun failed", extra={"namespace": key[0], "trainingrun": key[1]})
                 # The resync loop retries; a quick retry here covers transient API errors.
                 asyncio.get_running_loop().call_later(2.0, self.request, key)
             finally:
@@ -158,7 +158,7 @@ class Reconciler:
         try:
             run = TrainingRun.model_validate(body)
         except ValidationError as exc:
-            kopf.warn(_target(body), reason="InvalidSpec", message=str(exc)[:1000])
+            await self._refuse(key, body, exc)
             return
         previous = run.status
         if previous.phase is not None and previous.phase.terminal:
@@ -183,11 +183,10 @@ class Reconciler:
             child, created = await self.io(self.kube.create_child, rendered)
             if created:
                 metrics.CHILDREN_CREATED.labels(kind).inc()
-                logger.info("Created %s for TrainingRun", kind, extra={"namespace": namespace, "name": name})
-                kopf.info(_target(body), reason=f"{kind}Created", message=f"Created {kind} {children.child_name(run)}")
+                logger.info("Created %s for TrainingRun", kind, extra={"namespace": namespace, "trainingrun": name})
+                kopf.event(_target(body), type="Normal", reason=f"{kind}Created", message=f"Created {kind} {children.child_name(run)}")
             elif not _owned_by(child or {}, run.uid):
-                kopf.warn(
-                    _target(body),
+                kopf.event(_target(body), type="Warning",
                     reason="NameConflict",
                     message=f"a {kind} named {children.child_name(run)} exists and is not owned by this run",
                 )
@@ -217,6 +216,34 @@ class Reconciler:
             # A pod being deleted before the end (deadline, eviction): its facts are in the
             # status now, so it may go.
             await self._release_pods(pods, lambda pod: bool(pod["metadata"].get("deletionTimestamp")))
+
+    async def _refuse(self, key: Key, body: dict[str, Any], exc: ValidationError) -> None:
+        """A spec the API server let through but the operator cannot run: fail it, naming the field."""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        if (body.get("status") or {}).get("reason") == "InvalidSpec":
+            return
+        stamp = now_rfc3339()
+        message = f"invalid TrainingRun: {problems}"
+        patch = {
+            "status": {
+                "phase": Phase.FAILED.value,
+                "reason": "InvalidSpec",
+                "message": message,
+                "completionTime": stamp,
+                "observedGeneration": body["metadata"].get("generation"),
+                "phaseHistory": [{"phase": Phase.FAILED.value, "time": stamp, "reason": "InvalidSpec"}],
+                "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "InvalidSpec", "message": message,
+                     "lastTransitionTime": stamp, "observedGeneration": body["metadata"].get("generation")}
+                ],
+            }
+        }
+        result = await self.io(self.kube.patch_run_status, key[0], key[1], patch)
+        if result is not None:
+            self._written[key] = result
+        kopf.event(_target(body), type="Warning", reason="InvalidSpec", message=message[:1000])
 
     async def _write(self, key: Key, status: TrainingRunStatus) -> None:
         result = await self.io(self.kube.patch_run_status, key[0], key[1], status_patch(status))
@@ -264,12 +291,12 @@ class Reconciler:
     ) -> None:
         message = f"{previous.phase or 'New'} -> {status.phase}: {status.reason}: {(status.message or '')[:900]}"
         if status.phase == Phase.FAILED:
-            kopf.warn(_target(body), reason=f"Run{status.phase}", message=message)
+            kopf.event(_target(body), type="Warning", reason=f"Run{status.phase}", message=message)
         else:
-            kopf.info(_target(body), reason=f"Run{status.phase}", message=message)
+            kopf.event(_target(body), type="Normal", reason=f"Run{status.phase}", message=message)
         logger.info(
             "TrainingRun changed phase",
-            extra={"namespace": run.namespace, "name": run.name, "phase": str(status.phase), "reason": status.reason},
+            extra={"namespace": run.namespace, "trainingrun": run.name, "phase": str(status.phase), "reason": status.reason},
         )
 
     async def _finish(self, key: Key, body: dict[str, Any], run: TrainingRun, status: TrainingRunStatus) -> None:
@@ -289,7 +316,7 @@ class Reconciler:
                 metrics.NOTIFICATIONS.labels("sent").inc()
             except Exception as exc:
                 metrics.NOTIFICATIONS.labels("failed").inc()
-                kopf.warn(_target(body), reason="NotificationFailed", message=str(exc)[:500])
+                kopf.event(_target(body), type="Warning", reason="NotificationFailed", message=str(exc)[:500])
         # Recorded even without a webhook: it marks the end-of-run side effects as done, so a
         # restarted operator does not repeat them.
         done = status.model_copy(update={"notified_at": now_rfc3339()})

@@ -27,7 +27,12 @@ from kakehashi.api.trainingrun import (
     TrainingRunStatus,
 )
 from kakehashi.contract import ModelArtifact
-from kakehashi.training.children import CLONE_CONTAINER, child_kind, child_name
+from kakehashi.training.children import (
+    ANNOTATION_GENERATION,
+    CLONE_CONTAINER,
+    child_kind,
+    child_name,
+)
 
 MAX_HISTORY: Final = 50
 LOG_TAIL_LINES: Final = 20
@@ -335,6 +340,18 @@ def compute_status(
         ),
         cond(ConditionType.PROMOTABLE, *promotable(run, observed, phase)),
     ]
+    child_generation = _child_generation(observed.child)
+    if child_generation is not None and child_generation != gen:
+        conditions.append(
+            cond(
+                ConditionType.SPEC_CHANGED,
+                "True",
+                "SpecChangedAfterStart",
+                f"the spec changed (generation {gen}) after the {kind} was created from generation "
+                f"{child_generation}: the run goes on with the spec it started with; create a new "
+                "TrainingRun to train with the new one",
+            )
+        )
     history = list(previous.phase_history)
     if not history or history[-1].phase != phase:
         history.append(PhaseTransition(phase=phase, time=stamp, reason=result.reason))
@@ -367,6 +384,11 @@ def compute_status(
             "notifiedAt": previous.notified_at,
         }
     )
+
+
+def _child_generation(child: Obj | None) -> int | None:
+    value = ((child or {}).get("metadata", {}).get("annotations") or {}).get(ANNOTATION_GENERATION)
+    return int(value) if value and value.isdigit() else None
 
 
 def status_patch(status: TrainingRunStatus) -> dict[str, Any]:

@@ -204,3 +204,15 @@ def test_terminal_phase_is_final() -> None:
     later = compute_status(run(done.model_dump(by_alias=True)), Observed(child=None), output_uri=URI,
                            now=T0 + timedelta(hours=1))
     assert later == done
+
+
+def test_a_spec_changed_after_the_job_was_created_is_recorded() -> None:
+    child = job()
+    child["metadata"]["annotations"] = {"kakehashi.dev/spec-generation": "1"}
+    r = run()
+    r.metadata["generation"] = 2
+    status = compute_status(r, Observed(child=child, pods=[pod()]), output_uri=URI, now=T0)
+    changed = next(c for c in status.conditions if c.type == "SpecChanged")
+    assert changed.status == "True" and "generation 2" in changed.message
+    unchanged = compute_status(run(), Observed(child=child, pods=[pod()]), output_uri=URI, now=T0)
+    assert all(c.type != "SpecChanged" for c in unchanged.conditions)

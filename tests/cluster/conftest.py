@@ -1,0 +1,22 @@
+"""Fixtures for the operator's cluster tests: the CRDs installed and the operator running."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def operator(dev_env: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """`kakehashi operator run` against the learning cluster, as its Deployment would run it."""
+    from kakehashi.dev.operator import LocalOperator, install_crds
+
+    install_crds(dev_env)
+    log = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
+    proc = LocalOperator(dev_env, log)
+    proc.start()
+    yield proc
+    proc.stop()
