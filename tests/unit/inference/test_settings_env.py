@@ -1,0 +1,51 @@
+"""Operators tune the server through KAKEHASHI_* variables; command-line flags win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import kakehashi_inference.app as app_module
+from kakehashi_inference.cli import main
+from kakehashi_inference.settings import Settings
+
+
+def test_environment_configures_batching_limits_and_allowlist() -> None:
+    settings = Settings.from_env({
+        "KAKEHASHI_MODEL_NAME": "resnet", "KAKEHASHI_MAX_BATCH_SIZE": "16",
+        "KAKEHASHI_MAX_WAIT_MS": "2.5", "KAKEHASHI_THREADS": "3",
+        "KAKEHASHI_URL_ALLOWLIST": "10.0.0.0/8, images.internal",
+        "KAKEHASHI_DOWNLOAD_TIMEOUT_S": "1.5", "KAKEHASHI_MAX_IMAGES": "4",
+    })
+    assert settings.resolved_model_dir == Path("/models/resnet")
+    assert (settings.max_batch_size, settings.max_wait_ms, settings.threads) == (16, 2.5, 3)
+    assert settings.url_allowlist == ("10.0.0.0/8", "images.internal")
+    assert (settings.download_timeout_s, settings.max_images) == (1.5, 4)
+
+
+def test_cli_flags_override_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    captured: dict[str, Any] = {}
+
+    def fake_create_app(settings: Settings) -> str:
+        captured["settings"] = settings
+        return "app"
+
+    monkeypatch.setattr(app_module, "create_app", fake_create_app)
+    # The CLI owns its process's logging; here it must leave pytest's handlers alone.
+    monkeypatch.setattr("kakehashi_inference.logs.configure", lambda level: None)
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: captured.update(kwargs))
+    monkeypatch.setenv("KAKEHASHI_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("KAKEHASHI_MAX_WAIT_MS", "5")
+    result = CliRunner().invoke(main, ["--model-dir", str(tmp_path), "--port", "9000",
+                                       "--max-batch-size", "4", "--url-allowlist", "127.0.0.1/32"])
+    assert result.exit_code == 0, result.output
+    settings = captured["settings"]
+    assert settings.max_batch_size == 4 and settings.max_wait_ms == 5.0
+    assert settings.model_dir == tmp_path
+    assert settings.url_allowlist == ("127.0.0.1/32",)
+    assert captured["port"] == 9000 and captured["workers"] == 1
