@@ -8,10 +8,6 @@ kubelet resolves them), then lets kwok finish the pod.
 
 from __future__ import annotations
 
-import base64
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +15,14 @@ import pytest
 from kubernetes import client
 from trainingruns import Runs
 
+from kakehashi.dev import kubelet
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def runs(learning: Any, namespace: str, operator: Any) -> Runs:
     return Runs(learning, namespace)
-
-
-def resolve_env(core: client.CoreV1Api, namespace: str, env: list[Any]) -> dict[str, str]:
-    resolved: dict[str, str] = {}
-    for var in env:
-        if var.value_from and var.value_from.secret_key_ref:
-            ref = var.value_from.secret_key_ref
-            secret = core.read_namespaced_secret(ref.name, namespace)
-            resolved[var.name] = base64.b64decode(secret.data[ref.key]).decode()
-        elif var.value is not None:
-            resolved[var.name] = var.value
-    return resolved
 
 
 def test_real_training_lands_its_model_in_the_run_status(runs: Runs, dev_env: Any) -> None:
@@ -55,21 +41,14 @@ def test_real_training_lands_its_model_in_the_run_status(runs: Runs, dev_env: An
             "gate": {"metric": "accuracy", "threshold": 0.8},
             "env": [{"name": "AWS_REGION", "value": dev_env.s3.region}],
         },
-        pod_annotations={"kwok.kakehashi.dev/outcome": "run"},
+        pod_annotations=kubelet.HOLD,
     )
     runs.wait_phase("digits-real", "Running")
-    [job] = runs.jobs("digits-real")
-    container = job.spec.template.spec.containers[0]
-    env = resolve_env(runs.core, runs.namespace, container.env)
-    env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
-    argv = [sys.executable if container.command[0] == "python" else container.command[0], *container.command[1:], *container.args]
-    result = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = kubelet.run_job_container(runs.custom.api_client, runs.namespace, "digits-real", REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-
-    [pod] = runs.pods("digits-real")
-    runs.core.patch_namespaced_pod(
-        pod.metadata.name, runs.namespace, {"metadata": {"annotations": {"kwok.kakehashi.dev/outcome": None}}}
-    )
+    kubelet.release_pods(runs.custom.api_client, runs.namespace, "kakehashi.dev/trainingrun=digits-real")
+    [job] = runs.jobs("digits-real")
+    env = {e.name: e.value for e in job.spec.template.spec.containers[0].env}
     status = runs.wait_phase("digits-real", "Succeeded", "Failed", timeout=60)
     assert status["phase"] == "Succeeded", status
     model = status["model"]
