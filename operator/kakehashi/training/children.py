@@ -43,7 +43,7 @@ git clone --quiet --no-checkout "$KAKEHASHI_SOURCE_GIT_URL" "$KAKEHASHI_WORKSPAC
 cd "$KAKEHASHI_WORKSPACE"
 git -c advice.detachedHead=false checkout --quiet "$KAKEHASHI_SOURCE_GIT_REVISION"
 git rev-parse HEAD > "$KAKEHASHI_SOURCE_COMMIT_FILE"
-cp "$KAKEHASHI_SOURCE_COMMIT_FILE" /dev/termination-log
+cp "$KAKEHASHI_SOURCE_COMMIT_FILE" "${TERMINATION_LOG:-/dev/termination-log}"
 """
 
 _serializer = ApiClient()
