@@ -104,6 +104,17 @@ def wait_all(seen: dict[str, float], names: list[str], timeout: float, label: st
     raise TimeoutError(f"{label}: only {sum(1 for n in names if n in seen)}/{len(names)} after {timeout}s")
 
 
+def wait_namespaces_gone(core: client.CoreV1Api, prefix: str, timeout: float = 300) -> None:
+    """Deleting 500 runs' children is heavy: never let it overlap the next measurement."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [ns.metadata.name for ns in core.list_namespace().items if ns.metadata.name.startswith(prefix)]
+        if not left:
+            return
+        time.sleep(2)
+    raise TimeoutError(f"namespaces {left} still terminating after {timeout}s")
+
+
 def job_body(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
@@ -137,6 +148,19 @@ def main() -> None:
     api = client.ApiClient(configuration)
     core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     suffix = uuid.uuid4().hex[:6]
+    leftovers = [ns.metadata.name for ns in core.list_namespace().items if ns.metadata.name.startswith("bench-")]
+    if leftovers:
+        # An interrupted earlier run: its pods hold the operator's finalizer until an operator
+        # releases them, so run one while they go.
+        print(f"Cleaning up {leftovers} first...", flush=True)
+        for name in leftovers:
+            core.delete_namespace(name, propagation_policy="Background")
+        cleaner = LocalOperator(env, Path(f"/tmp/kakehashi-bench-cleanup-{suffix}.log"))
+        cleaner.start()
+        try:
+            wait_namespaces_gone(core, "bench-")
+        finally:
+            cleaner.stop()
     names = [f"b-{i:04d}" for i in range(args.n)]
 
     ref_ns = f"bench-ref-{suffix}"
@@ -150,6 +174,7 @@ def main() -> None:
     pods.stop()
     reference = summarize(sent, pods.seen)
     core.delete_namespace(ref_ns, propagation_policy="Background")
+    wait_namespaces_gone(core, ref_ns)
 
     op_ns = f"bench-op-{suffix}"
     core.create_namespace({"metadata": {"name": op_ns}})
@@ -169,8 +194,12 @@ def main() -> None:
     jobs.stop()
     ours = summarize(sent, jobs.seen)
     rss = operator.peak_rss_mib()
-    operator.stop()
+    print("Cleaning up (the operator releases its pods' finalizers)...", flush=True)
     core.delete_namespace(op_ns, propagation_policy="Background")
+    try:
+        wait_namespaces_gone(core, op_ns)
+    finally:
+        operator.stop()
 
     result = {
         "n": args.n,

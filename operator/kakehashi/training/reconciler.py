@@ -76,6 +76,9 @@ class Reconciler:
         self.settings = settings
         self.read_artifact = read_artifact
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kakehashi-io")
+        # Creating children has its own threads: a burst of status patches for running runs
+        # must not queue ahead of the Job a new run is waiting for.
+        self.create_executor = ThreadPoolExecutor(max_workers=max(2, threads // 2), thread_name_prefix="kakehashi-create")
         self.indices: dict[str, Mapping[Key, Iterable[Any]]] = {}
         self._queued: set[Key] = set()
         self._locks: dict[Key, asyncio.Lock] = {}
@@ -163,8 +166,9 @@ class Reconciler:
         previous = run.status
         if previous.phase is not None and previous.phase.terminal:
             self._set_phase(key, previous.phase)
-            # A restart between the terminal patch and the notification resumes here.
-            await self._finish(key, body, run, previous)
+            if previous.notified_at is None:
+                # Written terminal by an operator that stopped before the end-of-run effects.
+                await self._write(key, await self._finish(body, run, previous))
             await self._release_pods(pods, lambda pod: True)
             return
 
@@ -180,7 +184,9 @@ class Reconciler:
             child_deleted = child is None
         elif child is None:
             rendered = children.render_child(run, self.settings)
-            child, created = await self.io(self.kube.create_child, rendered)
+            child, created = await asyncio.get_running_loop().run_in_executor(
+                self.create_executor, self.kube.create_child, rendered
+            )
             if created:
                 metrics.CHILDREN_CREATED.labels(kind).inc()
                 logger.info("Created %s for TrainingRun", kind, extra={"namespace": namespace, "trainingrun": name})
@@ -204,13 +210,16 @@ class Reconciler:
             if logs:
                 observed = Observed(child=child, pods=pods, child_deleted=child_deleted, logs=logs)
         status = compute_status(run, observed, output_uri=output_uri, now=datetime.now(UTC))
+        terminal = status.phase is not None and status.phase.terminal
+        if terminal:
+            # Side effects first, then one write that records both the end and that they ran.
+            status = await self._finish(body, run, status)
         if status != previous:
             await self._write(key, status)
         if status.phase != previous.phase:
             self._announce(body, run, previous, status)
         self._set_phase(key, status.phase)
-        if status.phase is not None and status.phase.terminal:
-            await self._finish(key, body, run, status)
+        if terminal:
             await self._release_pods(pods, lambda pod: True)
         else:
             # A pod being deleted before the end (deadline, eviction): its facts are in the
@@ -289,6 +298,8 @@ class Reconciler:
     def _announce(
         self, body: dict[str, Any], run: TrainingRun, previous: TrainingRunStatus, status: TrainingRunStatus
     ) -> None:
+        if previous.phase is None and status.phase == Phase.PENDING:
+            return  # the JobCreated event already says it; one Event fewer per run under load
         message = f"{previous.phase or 'New'} -> {status.phase}: {status.reason}: {(status.message or '')[:900]}"
         if status.phase == Phase.FAILED:
             kopf.event(_target(body), type="Warning", reason=f"Run{status.phase}", message=message)
@@ -299,9 +310,10 @@ class Reconciler:
             extra={"namespace": run.namespace, "trainingrun": run.name, "phase": str(status.phase), "reason": status.reason},
         )
 
-    async def _finish(self, key: Key, body: dict[str, Any], run: TrainingRun, status: TrainingRunStatus) -> None:
+    async def _finish(self, body: dict[str, Any], run: TrainingRun, status: TrainingRunStatus) -> TrainingRunStatus:
+        """End-of-run effects (duration metric, webhook); the status to write, marked done."""
         if status.notified_at is not None:
-            return
+            return status
         if status.start_time and status.completion_time:
             started = datetime.fromisoformat(status.start_time.replace("Z", "+00:00"))
             ended = datetime.fromisoformat(status.completion_time.replace("Z", "+00:00"))
@@ -317,10 +329,10 @@ class Reconciler:
             except Exception as exc:
                 metrics.NOTIFICATIONS.labels("failed").inc()
                 kopf.event(_target(body), type="Warning", reason="NotificationFailed", message=str(exc)[:500])
-        # Recorded even without a webhook: it marks the end-of-run side effects as done, so a
-        # restarted operator does not repeat them.
-        done = status.model_copy(update={"notified_at": now_rfc3339()})
-        await self._write(key, done)
+        # Recorded even without a webhook: it marks the end-of-run effects as done, so a
+        # restarted operator does not repeat them (a crash before the write repeats the
+        # webhook once: at-least-once, as webhooks are everywhere).
+        return status.model_copy(update={"notified_at": now_rfc3339()})
 
     def _set_phase(self, key: Key, phase: Phase | None) -> None:
         if phase is None:
