@@ -69,7 +69,7 @@ class LocalOperator:
             [
                 sys.executable, "-m", "kakehashi.cli", "operator", "run",
                 "--metrics-port", str(self.metrics_port),
-                "--liveness", self.health_url.replace("127.0.0.1", "127.0.0.1"),
+                "--liveness", self.health_url,
             ],
             env=environ,
             stdout=self._log,

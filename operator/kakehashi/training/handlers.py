@@ -21,6 +21,7 @@ from kakehashi.training.reconciler import Key, Reconciler
 # Set by the runner before kopf starts; module-level because kopf handlers are module-level.
 reconciler: Reconciler | None = None
 _OWNED = {LABEL_RUN: kopf.PRESENT}
+_background: set[asyncio.Task[None]] = set()
 
 
 def _get() -> Reconciler:
@@ -42,7 +43,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     settings.batching.batch_window = 0.05
-    asyncio.get_running_loop().create_task(_resync_loop())
+    # Kept referenced: the event loop holds tasks only weakly.
+    _background.add(asyncio.get_running_loop().create_task(_resync_loop()))
 
 
 async def _resync_loop() -> None:

@@ -245,8 +245,8 @@ def _progress(facts: _PodFacts, child: Obj) -> Verdict:
     return Verdict(Phase.PENDING, "Starting", f"{kind} {name} created; waiting for its pods to start")
 
 
-def verdict(run: TrainingRun, observed: Observed) -> Verdict:
-    facts = _pod_facts(observed.pods, observed.logs)
+def verdict(run: TrainingRun, observed: Observed, facts: _PodFacts | None = None) -> Verdict:
+    facts = facts or _pod_facts(observed.pods, observed.logs)
     if observed.child is None:
         if observed.child_deleted:
             _, kind = child_kind(run)
@@ -303,7 +303,8 @@ def compute_status(
     if previous.phase is not None and previous.phase.terminal:
         return previous
     stamp = now_rfc3339(now)
-    result = verdict(run, observed)
+    facts = _pod_facts(observed.pods, observed.logs)
+    result = verdict(run, observed, facts)
     phase = result.phase
     gen = run.generation
     prev_conds = previous.conditions
@@ -356,17 +357,16 @@ def compute_status(
     if not history or history[-1].phase != phase:
         history.append(PhaseTransition(phase=phase, time=stamp, reason=result.reason))
     history = history[-MAX_HISTORY:]
-    facts_start = _pod_facts(observed.pods, {}).start_time
     start_time = previous.start_time
     if start_time is None and phase in (Phase.RUNNING, Phase.SUCCEEDED, Phase.FAILED) and created:
-        start_time = facts_start or stamp
+        start_time = facts.start_time or stamp
     job_ref = previous.job_ref
     if observed.child is not None:
         meta = observed.child.get("metadata", {})
         job_ref = JobRef.model_validate(
             {"apiVersion": api_version, "kind": kind, "name": meta.get("name"), "uid": meta.get("uid")}
         )
-    commit = _pod_facts(observed.pods, {}).commit or (previous.source.commit if previous.source else None)
+    commit = facts.commit or (previous.source.commit if previous.source else None)
     return TrainingRunStatus.model_validate(
         {
             "phase": phase,
