@@ -18,6 +18,7 @@ from typing import IO
 
 import httpx
 
+from kakehashi.dev import stack
 from kakehashi.dev.environment import DevEnvironment
 from kakehashi.dev.tools import repo_root
 
@@ -36,9 +37,10 @@ def install_crds(env: DevEnvironment, cluster: str = "learning") -> None:
         [*kubectl, "apply", "--server-side", "--field-manager=kakehashi", "--force-conflicts", "-k", str(crds)],
         check=True, capture_output=True, text=True,
     )
-    subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", "crd/trainingruns.kakehashi.dev"],
-        check=True, capture_output=True, text=True,
+    from kubernetes import config
+
+    stack.wait_crd_established(
+        config.new_client_from_config(str(env.cluster(cluster).kubeconfig)), "trainingruns.kakehashi.dev"
     )
 
 

@@ -350,8 +350,7 @@ def _training_operator_prerequisites(layout: Layout, binaries: dict[str, Path]) 
     for crd in training_operator_crds():
         args += ["-f", str(crd)]
     _kubectl(layout, binaries, "learning", *args)
-    _kubectl(layout, binaries, "learning", "wait", "--for=condition=Established",
-             "--timeout=60s", "crd/tfjobs.kubeflow.org")
+    wait_crd_established(_api(layout, "learning"), "tfjobs.kubeflow.org")
     # Its certificate rotator fills in this Secret and the webhook's caBundle, and the
     # controllers start only once it has. The API server cannot reach the webhook (no Service
     # endpoints on kwok nodes), so the webhook fails open: TFJobs are validated by the CRD
@@ -658,3 +657,22 @@ def restart_component(cluster: str, component: str, timeout: float = 60.0) -> in
                                start_new_session=True)
     pid_file.write_text(str(new.pid))
     return new.pid
+
+
+def wait_crd_established(api: Any, name: str, timeout: float = 60.0) -> None:
+    """Poll a CRD until it is Established.
+
+    Not `kubectl wait`: right after an apply the CRD may have no status.conditions yet, and
+    kubectl then fails at once ("accessor error: <nil>") instead of waiting.
+    """
+    from kubernetes import client
+
+    extensions = client.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        crd = extensions.read_custom_resource_definition(name)
+        conditions = (crd.status.conditions if crd.status else None) or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"CRD {name} was not Established within {timeout:.0f}s")
