@@ -37,6 +37,8 @@ from kakehashi.training.status import (
 
 Key = tuple[str, str]  # (namespace, run name)
 ArtifactReader = Callable[[str], ModelArtifact | None]
+# (object, type, reason, message): kopf.event in the operator, a recorder in tests.
+EventSink = Callable[[dict[str, Any], str, str, str], None]
 T = TypeVar("T")
 RESOURCE: Final = "trainingrun"
 
@@ -59,9 +61,9 @@ def _rv(obj: Mapping[str, Any] | None) -> int:
         return 0
 
 
-def _target(body: dict[str, Any]) -> kopf.Body:
-    """kopf's view of a plain body, for posting Events about it."""
-    return kopf.Body(cast(kopf.RawBody, body))
+def kopf_events(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """Post a Kubernetes Event through kopf's poster (batched, retried, off the loop)."""
+    kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message)
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -70,9 +72,16 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 class Reconciler:
     def __init__(
-        self, kube: Kube, settings: OperatorSettings, read_artifact: ArtifactReader, *, threads: int = 16
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        read_artifact: ArtifactReader,
+        *,
+        threads: int = 16,
+        events: EventSink = kopf_events,
     ) -> None:
         self.kube = kube
+        self.event = events
         self.settings = settings
         self.read_artifact = read_artifact
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kakehashi-io")
@@ -190,11 +199,11 @@ class Reconciler:
             if created:
                 metrics.CHILDREN_CREATED.labels(kind).inc()
                 logger.info("Created %s for TrainingRun", kind, extra={"namespace": namespace, "trainingrun": name})
-                kopf.event(_target(body), type="Normal", reason=f"{kind}Created", message=f"Created {kind} {children.child_name(run)}")
+                self.event(body, "Normal", f"{kind}Created", f"Created {kind} {children.child_name(run)}")
             elif not _owned_by(child or {}, run.uid):
-                kopf.event(_target(body), type="Warning",
-                    reason="NameConflict",
-                    message=f"a {kind} named {children.child_name(run)} exists and is not owned by this run",
+                self.event(
+                    body, "Warning", "NameConflict",
+                    f"a {kind} named {children.child_name(run)} exists and is not owned by this run",
                 )
                 return
         child_uid = (child or {}).get("metadata", {}).get("uid")
@@ -252,7 +261,7 @@ class Reconciler:
         result = await self.io(self.kube.patch_run_status, key[0], key[1], patch)
         if result is not None:
             self._written[key] = result
-        kopf.event(_target(body), type="Warning", reason="InvalidSpec", message=message[:1000])
+        self.event(body, "Warning", "InvalidSpec", message[:1000])
 
     async def _write(self, key: Key, status: TrainingRunStatus) -> None:
         result = await self.io(self.kube.patch_run_status, key[0], key[1], status_patch(status))
@@ -302,9 +311,9 @@ class Reconciler:
             return  # the JobCreated event already says it; one Event fewer per run under load
         message = f"{previous.phase or 'New'} -> {status.phase}: {status.reason}: {(status.message or '')[:900]}"
         if status.phase == Phase.FAILED:
-            kopf.event(_target(body), type="Warning", reason=f"Run{status.phase}", message=message)
+            self.event(body, "Warning", f"Run{status.phase}", message)
         else:
-            kopf.event(_target(body), type="Normal", reason=f"Run{status.phase}", message=message)
+            self.event(body, "Normal", f"Run{status.phase}", message)
         logger.info(
             "TrainingRun changed phase",
             extra={"namespace": run.namespace, "trainingrun": run.name, "phase": str(status.phase), "reason": status.reason},
@@ -328,7 +337,7 @@ class Reconciler:
                 metrics.NOTIFICATIONS.labels("sent").inc()
             except Exception as exc:
                 metrics.NOTIFICATIONS.labels("failed").inc()
-                kopf.event(_target(body), type="Warning", reason="NotificationFailed", message=str(exc)[:500])
+                self.event(body, "Warning", "NotificationFailed", str(exc)[:500])
         # Recorded even without a webhook: it marks the end-of-run effects as done, so a
         # restarted operator does not repeat them (a crash before the write repeats the
         # webhook once: at-least-once, as webhooks are everywhere).
