@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3, help="seconds before each point")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--servers", default="kakehashi,naive")
-    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--model-workers", type=int, help="kakehashi-serve --model-workers")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
