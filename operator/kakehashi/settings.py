@@ -6,8 +6,6 @@ import os
 
 from pydantic import BaseModel, Field
 
-from kakehashi.api.trainingrun import DEFAULT_IMAGE
-
 
 class OperatorSettings(BaseModel):
     model_bucket: str = Field(default="kakehashi-models", description="Default bucket for models.")
@@ -19,7 +17,6 @@ class OperatorSettings(BaseModel):
         description="Secret in the run's namespace with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
         "for training containers (optional: IRSA needs none).",
     )
-    default_image: str = DEFAULT_IMAGE
     resync_seconds: float = Field(
         default=30.0,
         description="How often an unfinished run is recomputed even without events.",
@@ -32,6 +29,5 @@ class OperatorSettings(BaseModel):
             model_bucket=env.get("KAKEHASHI_MODEL_BUCKET", "kakehashi-models"),
             s3_endpoint=env.get("KAKEHASHI_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3") or None,
             s3_secret=env.get("KAKEHASHI_S3_SECRET", "kakehashi-s3"),
-            default_image=env.get("KAKEHASHI_DEFAULT_IMAGE", DEFAULT_IMAGE),
             resync_seconds=float(env.get("KAKEHASHI_RESYNC_SECONDS", "30")),
         )

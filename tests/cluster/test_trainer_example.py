@@ -22,17 +22,15 @@ from typing import Any
 import pytest
 
 from kakehashi import contract, trainer
+from kakehashi.api.trainingrun import TrainingRun
 from kakehashi.artifacts import content_digest, download_directory, read_model_artifact
+from kakehashi.settings import OperatorSettings
+from kakehashi.training import children
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "digits" / "train.py"
 HYPERPARAMETERS: dict[str, Any] = {"epochs": 30, "learning_rate": 0.005, "holdout": 0.2}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _arg(value: Any) -> str:
-    # As the operator renders them: JSON-style booleans, Python's str() for the rest.
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 @pytest.fixture
@@ -62,25 +60,32 @@ def test_digits_example_trains_saves_and_serves_from_s3(
     commit_file = tmp_path / "commit"
     commit_file.write_text(COMMIT + "\n")
 
+    # The operator's own renderer gives the container's environment and arguments, so this
+    # test fails if the operator and the trainer ever disagree on the contract.
+    run = TrainingRun.model_validate({
+        "metadata": {"name": "digits", "namespace": "team-a", "uid": "3f1c2a9e-run-uid"},
+        "spec": {
+            "hyperparameters": HYPERPARAMETERS,
+            "data": {"uri": f"s3://{bucket}/{data_key}"},
+            "output": {"uri": output_uri},
+            "source": {"git": {"url": "https://git.example/team-a/digits.git", "revision": "main"}},
+        },
+    })
     exports = dev_env.exports()
-    env = {
+    settings = OperatorSettings(model_bucket=bucket, s3_endpoint=exports["AWS_ENDPOINT_URL_S3"])
+    container = children.render_job(run, settings)["spec"]["template"]["spec"]["containers"][0]
+    env: dict[str, str] = {}
+    for var in container["env"]:
+        # What the kubelet does with the Secret reference, from the dev environment's keys.
+        env[var["name"]] = var["value"] if "value" in var else exports[var["valueFrom"]["secretKeyRef"]["key"]]
+    # The pod's mount points, mapped to this machine: the clone's commit file and checkout.
+    env.update({
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", str(tmp_path)),
-        contract.ENV_RUN_ID: "3f1c2a9e-run-uid",
-        contract.ENV_RUN_NAME: "digits",
-        contract.ENV_NAMESPACE: "team-a",
-        contract.ENV_HYPERPARAMETERS: json.dumps(HYPERPARAMETERS, sort_keys=True),
-        contract.ENV_OUTPUT_URI: output_uri,
-        contract.ENV_DATA_URI: f"s3://{bucket}/{data_key}",
-        contract.ENV_SOURCE_GIT_URL: "https://git.example/team-a/digits.git",
-        contract.ENV_SOURCE_GIT_REVISION: "main",
         contract.ENV_SOURCE_COMMIT_FILE: str(commit_file),
         contract.ENV_WORKSPACE: str(REPO),
-        contract.ENV_S3_ENDPOINT: exports["AWS_ENDPOINT_URL_S3"],
-        "AWS_ACCESS_KEY_ID": exports["AWS_ACCESS_KEY_ID"],
-        "AWS_SECRET_ACCESS_KEY": exports["AWS_SECRET_ACCESS_KEY"],
-    }
-    args = [f"--{key}={_arg(value)}" for key, value in sorted(HYPERPARAMETERS.items())]
+    })
+    args = container["args"]
 
     started = time.monotonic()
     result = subprocess.run(
