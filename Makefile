@@ -20,6 +20,7 @@ test: bootstrap lint
 lint:
 	$(VENV)/ruff check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 unit: bootstrap
 	$(VENV)/pytest tests/unit

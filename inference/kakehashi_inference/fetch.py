@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from kakehashi.addresses import Allowlist, IPAddress, unmap, why_refused
 from kakehashi_inference.errors import (
     DownloadTimeout,
     InvalidInput,
@@ -27,47 +28,7 @@ from kakehashi_inference.errors import (
 from kakehashi_inference.metrics import Metrics
 from kakehashi_inference.settings import Settings
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# Named so the refusal says what the address is; all of them are non-global anyway.
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(address)
-    for address in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
-)
 _REDIRECTS = {301, 302, 303, 307, 308}
-
-
-class Allowlist:
-    """Networks and host names fetched although not public (e.g. an internal image store)."""
-
-    def __init__(self, entries: tuple[str, ...]) -> None:
-        self.networks: list[IPNetwork] = []
-        self.hosts: set[str] = set()
-        for entry in entries:
-            try:
-                self.networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                self.hosts.add(entry.lower().rstrip("."))
-
-    def permits(self, host: str, address: IPAddress) -> bool:
-        return host in self.hosts or any(address in network for network in self.networks)
-
-
-def _why_refused(address: IPAddress) -> str | None:
-    if address in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if address.is_unspecified:  # 0.0.0.0 and :: connect to this host
-        return "an unspecified address"
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_private:
-        return "a private address"
-    if not address.is_global or address.is_multicast:
-        return "not a public address"
-    return None
 
 
 class Downloader:
@@ -168,7 +129,7 @@ class Downloader:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         addresses = await _resolve(host, port, index)
         for address in addresses:
-            reason = _why_refused(address)
+            reason = why_refused(address)
             if reason is not None and not self._allowlist.permits(host, address):
                 raise URLRefused(
                     f"URL {url} refused: {host} resolves to {address}, {reason} "
@@ -181,7 +142,7 @@ class Downloader:
 async def _resolve(host: str, port: int, index: int) -> list[IPAddress]:
     try:
         literal = ipaddress.ip_address(host.strip("[]"))
-        return [_unmap(literal)]
+        return [unmap(literal)]
     except ValueError:
         pass
     try:
@@ -190,17 +151,10 @@ async def _resolve(host: str, port: int, index: int) -> list[IPAddress]:
         )
     except OSError as error:
         raise InvalidInput(f"cannot resolve host {host!r}: {error}", image=index) from None
-    addresses = [_unmap(ipaddress.ip_address(info[4][0])) for info in infos]
+    addresses = [unmap(ipaddress.ip_address(info[4][0])) for info in infos]
     if not addresses:
         raise InvalidInput(f"host {host!r} has no address", image=index)
     return addresses
-
-
-def _unmap(address: IPAddress) -> IPAddress:
-    # ::ffff:127.0.0.1 reaches 127.0.0.1: judge it as the IPv4 address it maps to.
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _host_header(url: httpx.URL) -> str:

@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kakehashi.artifacts import content_digest
-from kakehashi.contract import LABELS_FILE, MODEL_MANIFEST, SAVEDMODEL_DIR
+from kakehashi.modelformat import LABELS_FILE, MODEL_MANIFEST, SAVEDMODEL_DIR, content_digest
 from kakehashi_inference.errors import InvalidInput
 from kakehashi_inference.settings import Settings
 

@@ -9,16 +9,10 @@ image has no TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kakehashi.contract import MODEL_MANIFEST, ModelArtifact
-
-DIGEST_ALGORITHM = "sha256"
-_CHUNK = 1 << 20
+from kakehashi.modelformat import MODEL_MANIFEST, ModelArtifact, model_files
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -34,43 +28,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
         raise ValueError(f"s3 URI without a bucket: {uri!r}")
     prefix = prefix.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def model_files(root: Path) -> Iterator[tuple[str, Path]]:
-    """The files that make up a model under `root`, as (posix relative path, path), sorted.
-
-    `model.json` is excluded: it carries the digest, so it cannot be part of what is digested.
-    """
-    found: list[tuple[str, Path]] = []
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = Path(directory) / name
-            relative = path.relative_to(root).as_posix()
-            if relative != MODEL_MANIFEST:
-                found.append((relative, path))
-    yield from sorted(found)
-
-
-def content_digest(root: Path) -> str:
-    """`sha256:<hex>` over the model files under `root`: their relative paths and contents.
-
-    Only names and bytes count, never mtimes, permissions or the order the filesystem lists
-    entries in, so the same model digests the same after a copy, a download or a re-upload.
-    Each line is `<sha256 of content>  <path>` (the `sha256sum` format, so the value can be
-    checked by hand with `sha256sum` and `sort`), and the digest is the sha256 of those lines.
-    """
-    manifest = hashlib.sha256()
-    for relative, path in model_files(root):
-        manifest.update(f"{_file_sha256(path)}  {relative}\n".encode())
-    return f"{DIGEST_ALGORITHM}:{manifest.hexdigest()}"
 
 
 def upload_directory(s3_client: Any, root: Path, output_uri: str) -> list[str]:
@@ -112,7 +69,8 @@ def download_directory(s3_client: Any, uri: str, destination: Path) -> Path:
     return destination
 
 
-def _is_not_found(error: Exception) -> bool:
+def is_not_found(error: Exception) -> bool:
+    """True for S3's answers that say the key (not the bucket) does not exist."""
     response = getattr(error, "response", None)
     if not isinstance(response, dict):
         return False
@@ -132,7 +90,7 @@ def read_model_artifact(s3_client: Any, output_uri: str) -> ModelArtifact | None
     try:
         response = s3_client.get_object(Bucket=bucket, Key=prefix + MODEL_MANIFEST)
     except Exception as error:
-        if _is_not_found(error):
+        if is_not_found(error):
             return None
         raise
     body: bytes = response["Body"].read()

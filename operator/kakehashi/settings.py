@@ -1,16 +1,21 @@
-"""The operator's settings, read once from the environment (12-factor, as a Deployment sets them)."""
+"""The operator's settings: flags of `kakehashi operator run`, or KAKEHASHI_* variables."""
 
 from __future__ import annotations
 
-import os
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
-class OperatorSettings(BaseModel):
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAKEHASHI_", extra="ignore", populate_by_name=True)
+
     model_bucket: str = Field(default="kakehashi-models", description="Default bucket for models.")
     s3_endpoint: str | None = Field(
-        default=None, description="S3 endpoint handed to training containers (unset on AWS)."
+        default=None,
+        validation_alias=AliasChoices("s3_endpoint", "KAKEHASHI_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3"),
+        description="S3 endpoint handed to training containers (unset on AWS; AWS_ENDPOINT_URL_S3 also works).",
     )
     s3_secret: str = Field(
         default="kakehashi-s3",
@@ -18,16 +23,26 @@ class OperatorSettings(BaseModel):
         "for training containers (optional: IRSA needs none).",
     )
     resync_seconds: float = Field(
-        default=30.0,
-        description="How often an unfinished run is recomputed even without events.",
+        default=30.0, gt=0, description="How often an unfinished object is recomputed even without events."
     )
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR) or host names notification webhooks may reach although not public; "
+        "comma-separated in the environment.",
+    )
+    webhook_allow_http: bool = Field(
+        default=False, description="Allow plain-http notification webhooks (https only by default)."
+    )
+    threads: int = Field(default=16, ge=1, description="Threads for blocking API and S3 calls.")
+    metrics_port: int = Field(default=9090, ge=0, description="Prometheus /metrics port (0: off).")
+    liveness: str = Field(
+        default="http://0.0.0.0:8080/healthz", description="kopf's liveness endpoint ('' to disable)."
+    )
+    log_format: Literal["json", "plain"] = Field(default="json", description="Log line format.")
 
+    @field_validator("webhook_allowlist", mode="before")
     @classmethod
-    def from_env(cls) -> OperatorSettings:
-        env = os.environ
-        return cls(
-            model_bucket=env.get("KAKEHASHI_MODEL_BUCKET", "kakehashi-models"),
-            s3_endpoint=env.get("KAKEHASHI_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3") or None,
-            s3_secret=env.get("KAKEHASHI_S3_SECRET", "kakehashi-s3"),
-            resync_seconds=float(env.get("KAKEHASHI_RESYNC_SECONDS", "30")),
-        )
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value

@@ -16,7 +16,11 @@ def operator(dev_env: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
     install_crds(dev_env)
     log = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
-    proc = LocalOperator(dev_env, log)
+    # The webhook test's receiver listens on loopback over http: permitted here, refused by
+    # default (notification webhooks must be https to a public address).
+    proc = LocalOperator(
+        dev_env, log, extra_env={"KAKEHASHI_WEBHOOK_ALLOWLIST": "127.0.0.1/32", "KAKEHASHI_WEBHOOK_ALLOW_HTTP": "true"}
+    )
     proc.start()
     yield proc
     proc.stop()

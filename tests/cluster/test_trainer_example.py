@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from kakehashi import contract, trainer
+from kakehashi import contract, modelformat, trainer
 from kakehashi.api.trainingrun import TrainingRun
-from kakehashi.artifacts import content_digest, download_directory, read_model_artifact
+from kakehashi.artifacts import download_directory, read_model_artifact
+from kakehashi.modelformat import content_digest
 from kakehashi.settings import OperatorSettings
 from kakehashi.training import children
 
@@ -109,12 +110,12 @@ def test_digits_example_trains_saves_and_serves_from_s3(
 
     local = download_directory(s3, output_uri, tmp_path / "model")
     assert content_digest(local) == artifact.digest
-    assert json.loads((local / contract.LABELS_FILE).read_text()) == [str(d) for d in range(10)]
-    assert json.loads((local / contract.METRICS_FILE).read_text()) == artifact.metrics
+    assert json.loads((local / modelformat.LABELS_FILE).read_text()) == [str(d) for d in range(10)]
+    assert json.loads((local / modelformat.METRICS_FILE).read_text()) == artifact.metrics
 
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(local / contract.SAVEDMODEL_DIR))
+    loaded = tf.saved_model.load(str(local / modelformat.SAVEDMODEL_DIR))
     serve = loaded.signatures["serving_default"]
     cut = int(len(digits.images) * (1 - HYPERPARAMETERS["holdout"]))
     held_out = tf.constant(digits.images[cut:], dtype=tf.float32)

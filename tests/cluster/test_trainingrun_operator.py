@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, ClassVar
 
@@ -11,6 +12,8 @@ import httpx
 import pytest
 from kubernetes import client
 from trainingruns import Runs, wait_for
+
+from kakehashi.notify import OPT_IN_LABEL
 
 FAST = {"kwok.kakehashi.dev/run-duration": "1s"}
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -168,8 +171,12 @@ def test_run_end_is_announced_to_the_webhook_and_counted_in_metrics(runs: Runs, 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/hooks/T000/B000/XXX"
+        # Only a Secret that opts in is read; the local receiver is on loopback over http, which
+        # the test operator's allowlist permits (KAKEHASHI_WEBHOOK_ALLOWLIST, _ALLOW_HTTP).
         runs.core.create_namespaced_secret(
-            runs.namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="slack"), string_data={"url": url})
+            runs.namespace,
+            client.V1Secret(metadata=client.V1ObjectMeta(name="slack", labels={OPT_IN_LABEL: "true"}),
+                            string_data={"url": url}),
         )
         runs.create("announced", {"notification": {"webhookSecret": "slack"}},
                     pod_annotations={"kwok.kakehashi.dev/outcome": "fail", "kwok.kakehashi.dev/log-tail": "OSError: disk full"})
@@ -187,3 +194,30 @@ def test_run_end_is_announced_to_the_webhook_and_counted_in_metrics(runs: Runs, 
     assert "kakehashi_training_duration_seconds_bucket" in metrics
     assert 'kakehashi_trainingruns{phase="Failed"}' in metrics
     assert httpx.get(operator.health_url).status_code == 200
+
+
+def test_a_secret_that_did_not_opt_in_is_not_used_and_never_shown(runs: Runs) -> None:
+    url = "https://hooks.example.com/services/T000/B000/SECRETVALUE"
+    runs.core.create_namespaced_secret(
+        runs.namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="db-password"), string_data={"url": url})
+    )
+    runs.create("nosy", {"notification": {"webhookSecret": "db-password"}})
+    runs.wait_phase("nosy", "Succeeded")
+    event = wait_for(
+        lambda: next((e for e in runs.events("nosy") if e.reason == "NotificationFailed"), None), 30, "the refusal Event"
+    )
+    assert "Secret db-password" in event.message and OPT_IN_LABEL in event.message
+    everything = json.dumps([e.message for e in runs.events("nosy")]) + json.dumps(runs.get("nosy"))
+    assert "SECRETVALUE" not in everything and "hooks.example.com" not in everything
+
+
+def test_a_job_the_api_server_refuses_fails_the_run_with_the_field_named(runs: Runs) -> None:
+    # The CRD does not check toleration keys; the Job's own validation does (422).
+    runs.create("refused", {"tolerations": [{"key": "bad key!", "operator": "Exists"}]})
+    status = runs.wait_phase("refused", "Failed", timeout=30)
+    assert status["reason"] == "InvalidSpec"
+    assert "tolerations[0].key" in status["message"], status["message"]
+    assert runs.jobs("refused") == []
+    time.sleep(3)  # no retry storm: the run stays Failed and one Failed event was posted
+    failed = [e for e in runs.events("refused") if e.reason == "RunFailed"]
+    assert len(failed) == 1 and (failed[0].count or 1) == 1

@@ -38,6 +38,9 @@ def refusal(runs: Runs, spec: dict[str, Any], name: str = "bad") -> str:
         ({"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, "spec.tolerations[0]", "operator Exists takes no value"),
         ({"gate": {"threshold": 0.9}}, "spec.gate.metric", "Required value"),
         ({"source": {"git": {"url": "https://git.example/r.git", "path": "../etc"}}}, "spec.source.git.path", "relative path"),
+        ({"podMetadata": {"labels": {"bad key!": "x"}}}, "spec.podMetadata.labels", "qualified names"),
+        ({"podMetadata": {"labels": {"team": "not a value!"}}}, "spec.podMetadata.labels.team", "should match"),
+        ({"podMetadata": {"annotations": {"-x/y": "v"}}}, "spec.podMetadata.annotations", "qualified names"),
     ],
 )
 def test_invalid_spec_is_refused_naming_the_field(runs: Runs, spec: dict[str, Any], field: str, words: str) -> None:

@@ -8,17 +8,22 @@ API server can enforce (CEL rules, list types, defaults it applies).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kakehashi.contract import ModelArtifact
+from kakehashi import GROUP, VERSION
+from kakehashi.control.conditions import Condition
+from kakehashi.control.resources import Resource
+from kakehashi.modelformat import ModelArtifact
 
 KIND: Final = "TrainingRun"
 PLURAL: Final = "trainingruns"
 SINGULAR: Final = "trainingrun"
 SHORT_NAMES: Final = ["tr"]
+RESOURCE: Final = Resource(GROUP, VERSION, PLURAL, KIND)
 DEFAULT_IMAGE: Final = "kakehashi/notebook-jupyter:0.1.0"
 
 Scalar = str | int | float | bool
@@ -198,11 +203,44 @@ class Notification(_Model):
     key: str = Field(default="url", description="The Secret's key holding the URL.", max_length=253)
 
 
+# Kubernetes' own rules for label and annotation keys (a qualified name with an optional DNS
+# subdomain prefix) and label values, so the API server refuses a bad one at `kubectl apply`
+# instead of the Job being refused later.
+QUALIFIED_NAME: Final = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE: Final = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+
+
+def _key_rule(what: str) -> dict[str, Any]:
+    return {
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.all(k, k.matches('{QUALIFIED_NAME}') && size(k) <= 317)",
+                "message": f"{what} keys must be qualified names: an optional DNS prefix and '/', then "
+                "at most 63 characters of letters, digits, '-', '_' or '.', starting and ending alphanumeric",
+            }
+        ]
+    }
+
+
 class PodMetadata(_Model):
     """Extra labels and annotations for the training pods (sidecar opt-outs, cost labels...)."""
 
-    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
-    annotations: dict[str, str] = Field(default_factory=dict, max_length=64)
+    labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=64, json_schema_extra=_key_rule("podMetadata.labels"))
+    annotations: dict[str, str] = Field(
+        default_factory=dict, max_length=64, json_schema_extra=_key_rule("podMetadata.annotations")
+    )
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _qualified_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.match(QUALIFIED_NAME, key) or len(key) > 317:
+                raise ValueError(f"key {key!r} is not a qualified name")
+        return value
 
 
 class TrainingRunSpec(_Model):
@@ -271,18 +309,12 @@ class ConditionType(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     PROMOTABLE = "Promotable"
+    # Whether model.json was read into status.model; False with ModelReadRetrying while S3
+    # answers with temporary errors (the run stays Running until it has a definite answer).
+    MODEL_RECORDED = "ModelRecorded"
     # Present only if a spec changed after its Job was created (a CRD installed without the
     # immutability rule, or an edit made through a storage migration).
     SPEC_CHANGED = "SpecChanged"
-
-
-class Condition(_Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(default="", max_length=1024)
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
 
 
 class PhaseTransition(_Model):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 from kakehashi import contract
-from kakehashi.contract import GitLineage
+from kakehashi.modelformat import GitLineage
 
 HyperparameterValue: TypeAlias = str | int | float | bool
 Hyperparameters: TypeAlias = dict[str, HyperparameterValue]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from kakehashi.artifacts import download_directory, parse_s3_uri
+from kakehashi.artifacts import download_directory, is_not_found, parse_s3_uri
 
 
 def s3_client() -> Any:
@@ -65,8 +65,7 @@ def download(uri: str, destination: Path | None = None, *, client: Any = None) -
         try:
             client.head_object(Bucket=bucket, Key=key)
         except Exception as error:
-            code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
-            if code not in {"404", "NoSuchKey", "NotFound"}:
+            if not is_not_found(error):
                 raise
         else:
             destination.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import kakehashi
-from kakehashi import contract
-from kakehashi.artifacts import content_digest, upload_directory
-from kakehashi.contract import Lineage, ModelArtifact
+from kakehashi import contract, modelformat
+from kakehashi.artifacts import upload_directory
+from kakehashi.modelformat import Lineage, ModelArtifact, content_digest, rfc3339
 from kakehashi.trainer.context import TrainingContext
 from kakehashi.trainer.context import context as read_context
 from kakehashi.trainer.data import local_path, s3_client
@@ -78,11 +78,11 @@ def write_artifact(
 
     The digest covers every file under `root` except model.json itself.
     """
-    if not (root / contract.SAVEDMODEL_DIR).is_dir():
-        raise FileNotFoundError(f"no {contract.SAVEDMODEL_DIR}/ under {root}")
+    if not (root / modelformat.SAVEDMODEL_DIR).is_dir():
+        raise FileNotFoundError(f"no {modelformat.SAVEDMODEL_DIR}/ under {root}")
     cleaned = clean_metrics(metrics)
-    _json_file(root / contract.LABELS_FILE, [str(label) for label in labels or []])
-    _json_file(root / contract.METRICS_FILE, cleaned)
+    _json_file(root / modelformat.LABELS_FILE, [str(label) for label in labels or []])
+    _json_file(root / modelformat.METRICS_FILE, cleaned)
     artifact = ModelArtifact(
         uri=uri,
         digest=content_digest(root),
@@ -96,9 +96,9 @@ def write_artifact(
             hyperparameters=ctx.hyperparameters,
             frameworks=dict(frameworks) if frameworks is not None else framework_versions(),
         ),
-        createdAt=(created_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        createdAt=rfc3339(created_at or datetime.now(UTC)),
     )
-    (root / contract.MODEL_MANIFEST).write_text(
+    (root / modelformat.MODEL_MANIFEST).write_text(
         artifact.model_dump_json(by_alias=True, indent=2) + "\n"
     )
     return artifact
@@ -133,7 +133,7 @@ def publish(root: Path, uri: str, *, client: Any = None) -> None:
         upload_directory(client or s3_client(), root, uri)
         return
     destination.mkdir(parents=True, exist_ok=True)
-    for item in sorted(root.iterdir(), key=lambda p: p.name == contract.MODEL_MANIFEST):
+    for item in sorted(root.iterdir(), key=lambda p: p.name == modelformat.MODEL_MANIFEST):
         target = destination / item.name
         if item.is_dir():
             shutil.copytree(item, target, dirs_exist_ok=True)
@@ -165,7 +165,7 @@ def save(
         )
     with tempfile.TemporaryDirectory(prefix="kakehashi-model-") as scratch:
         root = Path(scratch)
-        export_savedmodel(model, root / contract.SAVEDMODEL_DIR, signatures)
+        export_savedmodel(model, root / modelformat.SAVEDMODEL_DIR, signatures)
         artifact = write_artifact(root, uri, ctx=ctx, labels=labels, metrics=metrics)
         if ctx.is_chief:
             publish(root, uri, client=client)

@@ -19,6 +19,7 @@ from kubernetes.client import ApiClient
 
 from kakehashi import GROUP, VERSION, contract
 from kakehashi.api.trainingrun import KIND, Scalar, TrainingRun
+from kakehashi.control.resources import JOBS, TFJOBS, Resource
 from kakehashi.settings import OperatorSettings
 
 LABEL_RUN: Final = f"{GROUP}/trainingrun"
@@ -51,6 +52,11 @@ _serializer = ApiClient()
 
 def child_name(run: TrainingRun) -> str:
     return run.name
+
+
+def child_resource(run: TrainingRun) -> Resource:
+    """The API resource of the child that runs this TrainingRun: a Job, or a TFJob."""
+    return TFJOBS if run.spec.replicas.distributed else JOBS
 
 
 def child_kind(run: TrainingRun) -> tuple[str, str]:

@@ -8,53 +8,42 @@ reconcile needs none of it, and a run must stay deletable while the operator is 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import kopf
 
 from kakehashi import GROUP, VERSION
 from kakehashi.api.trainingrun import PLURAL
+from kakehashi.control import kopfsetup
 from kakehashi.training.children import LABEL_RUN
 from kakehashi.training.reconciler import Key, Reconciler
 
-# Set by the runner before kopf starts; module-level because kopf handlers are module-level.
-reconciler: Reconciler | None = None
 _OWNED = {LABEL_RUN: kopf.PRESENT}
-_background: set[asyncio.Task[None]] = set()
 
 
-def _get() -> Reconciler:
+def _get(memo: kopf.Memo) -> Reconciler:
+    reconciler: Reconciler | None = getattr(memo, "trainingruns", None)
     if reconciler is None:
         raise RuntimeError("the TrainingRun reconciler is not configured (use `kakehashi operator run`)")
     return reconciler
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    # Only our explicit Events are posted; handler logs stay in the operator's log.
-    settings.posting.level = logging.WARNING
-    # Watches can freeze silently behind proxies: have both ends time them out and restart.
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.watching.connect_timeout = 30
-    settings.networking.request_timeout = 60
-    settings.batching.batch_window = 0.05
-    # Kept referenced: the event loop holds tasks only weakly.
-    _background.add(asyncio.get_running_loop().create_task(_resync_loop()))
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    kopfsetup.configure(settings)
+    rec = _get(memo)
+    # Kept referenced in the memo: the event loop holds tasks only weakly.
+    memo.trainingruns_resync = asyncio.get_running_loop().create_task(
+        kopfsetup.resync_forever(rec, rec.settings.resync_seconds)
+    )
 
 
-async def _resync_loop() -> None:
-    # The safety net of level-based control: every unfinished run is recomputed periodically,
-    # so even an event lost by a broken watch cannot leave a status wrong for long.
-    rec = _get()
-    while True:
-        await asyncio.sleep(rec.settings.resync_seconds)
-        for key in rec.pending_keys():
-            rec.request(key)
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "trainingruns_resync", None)
+    if task is not None:
+        task.cancel()
+    _get(memo).close()
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -78,7 +67,7 @@ def pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) 
 
 
 def _bind(kwargs: dict[str, Any]) -> Reconciler:
-    rec = _get()
+    rec = _get(kwargs["memo"])
     if not rec.indices:
         rec.bind(runs=kwargs["runs"], jobs=kwargs["jobs"], tfjobs=kwargs["tfjobs"], pods=kwargs["pods"])
     return rec

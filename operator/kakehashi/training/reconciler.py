@@ -1,17 +1,20 @@
 """The TrainingRun reconcile loop: read what the cluster holds, compute the status, close the gap.
 
 kopf delivers the events; this module decides. Every event about a run, its Job/TFJob or its
-pods only *requests* a reconcile of that run; requests for a run that is already queued are
-coalesced, and one run is never reconciled twice at once, so a burst of pod events costs one
-status patch. What the reconcile reads comes from kopf's in-memory indices (fed by the watches),
-not from API reads, which is what lets one operator keep up with hundreds of runs.
+pods only *requests* a reconcile of that run through the shared `ReconcileQueue` (coalesced,
+one at a time per run, retried with backoff). What the reconcile reads comes from kopf's
+in-memory indices (fed by the watches), not from API reads, which is what lets one operator keep
+up with hundreds of runs.
+
+Errors have two kinds (`kakehashi.control.errors`): a refusal by the API server (4xx) is an
+answer and fails the run with the server's words; anything temporary (5xx, 429, timeouts, S3's
+SlowDown) is retried with backoff and never written down as a final fact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -21,16 +24,21 @@ import kopf
 from pydantic import ValidationError
 
 from kakehashi import metrics, notify
-from kakehashi.api.trainingrun import Phase, TrainingRun, TrainingRunStatus
-from kakehashi.contract import ModelArtifact
-from kakehashi.kube import Kube
+from kakehashi.addresses import Allowlist
+from kakehashi.api.trainingrun import RESOURCE, Phase, TrainingRun, TrainingRunStatus
+from kakehashi.control.backoff import Backoff
+from kakehashi.control.client import Kube
+from kakehashi.control.errors import PermanentError, TemporaryError, api_message, classify
+from kakehashi.control.queue import ReconcileQueue
+from kakehashi.control.resources import PODS
+from kakehashi.modelformat import ModelArtifact, now_rfc3339
 from kakehashi.settings import OperatorSettings
 from kakehashi.training import children
 from kakehashi.training.status import (
     LOG_TAIL_LINES,
     Observed,
+    Verdict,
     compute_status,
-    now_rfc3339,
     status_patch,
     verdict,
 )
@@ -40,7 +48,7 @@ ArtifactReader = Callable[[str], ModelArtifact | None]
 # (object, type, reason, message): kopf.event in the operator, a recorder in tests.
 EventSink = Callable[[dict[str, Any], str, str, str], None]
 T = TypeVar("T")
-RESOURCE: Final = "trainingrun"
+METRIC_RESOURCE: Final = "trainingrun"
 
 logger = logging.getLogger("kakehashi.training")
 
@@ -70,6 +78,14 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
+def _problems(error: ValidationError) -> str:
+    return "; ".join(
+        f"spec.{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" if err["loc"][:1] == ("spec",)
+        else f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        for err in error.errors(include_url=False)
+    )
+
+
 class Reconciler:
     def __init__(
         self,
@@ -79,21 +95,23 @@ class Reconciler:
         *,
         threads: int = 16,
         events: EventSink = kopf_events,
+        backoff: Backoff | None = None,
     ) -> None:
         self.kube = kube
         self.event = events
         self.settings = settings
         self.read_artifact = read_artifact
+        self.webhook_allowlist = Allowlist(settings.webhook_allowlist)
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kakehashi-io")
         # Creating children has its own threads: a burst of status patches for running runs
         # must not queue ahead of the Job a new run is waiting for.
         self.create_executor = ThreadPoolExecutor(max_workers=max(2, threads // 2), thread_name_prefix="kakehashi-create")
+        self.queue: ReconcileQueue[Key] = ReconcileQueue(
+            METRIC_RESOURCE, lambda key: self.reconcile(key), backoff=backoff
+        )
         self.indices: dict[str, Mapping[Key, Iterable[Any]]] = {}
-        self._queued: set[Key] = set()
-        self._locks: dict[Key, asyncio.Lock] = {}
         self._written: dict[Key, dict[str, Any]] = {}  # our last status patch result per run
         self._phases: dict[Key, Phase] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -101,24 +119,23 @@ class Reconciler:
     def bind(self, **indices: Mapping[Key, Iterable[Any]]) -> None:
         self.indices.update(indices)
 
+    def close(self) -> None:
+        """Stop the worker threads (kopf's cleanup): calls in flight finish, no new ones start."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.create_executor.shutdown(wait=False, cancel_futures=True)
+
     # -- requests ---------------------------------------------------------------------------
 
     def request(self, key: Key) -> None:
         """Ask for a reconcile of one run; cheap and idempotent, safe to call on every event."""
-        if key in self._queued:
-            return
-        self._queued.add(key)
-        task = asyncio.create_task(self._run(key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.queue.request(key)
 
     def forget(self, key: Key) -> None:
         """The run is gone: drop per-run memory, or it would grow forever."""
+        self.queue.forget(key)
         self._written.pop(key, None)
         self._phases.pop(key, None)
         self._update_phase_gauge()
-        if key not in self._queued:
-            self._locks.pop(key, None)
 
     def pending_keys(self) -> list[Key]:
         runs = self.indices.get("runs") or {}
@@ -128,23 +145,6 @@ class Reconciler:
                 if (body.get("status") or {}).get("phase") not in (Phase.SUCCEEDED, Phase.FAILED):
                     keys.append(key)
         return keys
-
-    async def _run(self, key: Key) -> None:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            self._queued.discard(key)
-            started = time.perf_counter()
-            result = "success"
-            try:
-                await self.reconcile(key)
-            except Exception:
-                result = "error"
-                logger.exception("Reconcile of TrainingRun failed", extra={"namespace": key[0], "trainingrun": key[1]})
-                # The resync loop retries; a quick retry here covers transient API errors.
-                asyncio.get_running_loop().call_later(2.0, self.request, key)
-            finally:
-                metrics.RECONCILES.labels(RESOURCE, result).inc()
-                metrics.RECONCILE_SECONDS.labels(RESOURCE).observe(time.perf_counter() - started)
 
     # -- the reconcile ----------------------------------------------------------------------
 
@@ -170,7 +170,12 @@ class Reconciler:
         try:
             run = TrainingRun.model_validate(body)
         except ValidationError as exc:
-            await self._refuse(key, body, exc)
+            # A spec the API server let through but the operator cannot run (CEL cannot look
+            # inside the hyperparameters map): fail it, naming the field, through the same
+            # status function as every other path, on a run with the spec left at its defaults.
+            shell = TrainingRun.model_validate({**body, "spec": {}, "status": body.get("status") or {}})
+            refusal = Verdict(Phase.FAILED, "InvalidSpec", f"invalid TrainingRun: {_problems(exc)}")
+            await self._conclude(key, body, shell, Observed(refusal=refusal), [])
             return
         previous = run.status
         if previous.phase is not None and previous.phase.terminal:
@@ -181,7 +186,8 @@ class Reconciler:
             await self._release_pods(pods, lambda pod: True)
             return
 
-        _, kind = children.child_kind(run)
+        resource = children.child_resource(run)
+        kind = resource.kind
         child = next(
             (c for c in _items(self.indices.get("tfjobs" if kind == "TFJob" else "jobs"), key) if _owned_by(c, run.uid)),
             None,
@@ -189,13 +195,25 @@ class Reconciler:
         child_deleted = False
         if child is None and previous.job_ref is not None and previous.job_ref.uid:
             # Missing from the cache is not gone: only a fresh read can say it was deleted.
-            child = await self.io(self.kube.get_child, kind, namespace, children.child_name(run))
+            child = await self.io(self.kube.get, resource, namespace, children.child_name(run))
             child_deleted = child is None
         elif child is None:
             rendered = children.render_child(run, self.settings)
-            child, created = await asyncio.get_running_loop().run_in_executor(
-                self.create_executor, self.kube.create_child, rendered
-            )
+            try:
+                child, created = await asyncio.get_running_loop().run_in_executor(
+                    self.create_executor, self.kube.create, resource, rendered
+                )
+            except Exception as error:
+                refused = classify(error)
+                if not isinstance(refused, PermanentError):
+                    raise  # temporary: the queue retries with backoff
+                refusal = Verdict(
+                    Phase.FAILED,
+                    "InvalidSpec",
+                    f"the API server refused the {kind} for this run ({refused.reason}): {api_message(error)}",
+                )
+                await self._conclude(key, body, run, Observed(refusal=refusal), pods)
+                return
             if created:
                 metrics.CHILDREN_CREATED.labels(kind).inc()
                 logger.info("Created %s for TrainingRun", kind, extra={"namespace": namespace, "trainingrun": name})
@@ -212,12 +230,28 @@ class Reconciler:
         outcome = verdict(run, observed)
         output_uri = children.output_uri(run, self.settings)
         if outcome.phase == Phase.SUCCEEDED:
-            model, error = await self._read_model(output_uri)
-            observed = Observed(child=child, pods=pods, model=model, model_error=error)
+            model, definite, retrying = await self._read_model(output_uri)
+            observed = Observed(child=child, pods=pods, model=model, model_error=definite, model_retrying=retrying)
         elif outcome.phase == Phase.FAILED and "last log lines" not in outcome.message:
             logs = await self._log_tails(pods)
             if logs:
                 observed = Observed(child=child, pods=pods, child_deleted=child_deleted, logs=logs)
+        await self._conclude(key, body, run, observed, pods)
+        if observed.model_retrying is not None:
+            # Recorded as "retrying", not as a fact; the queue comes back with a growing delay.
+            raise TemporaryError(f"model.json at {output_uri}: {observed.model_retrying}")
+
+    async def _conclude(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        run: TrainingRun,
+        observed: Observed,
+        pods: list[dict[str, Any]],
+    ) -> None:
+        """Compute the status, run the end-of-run effects, write what changed, announce it."""
+        previous = run.status
+        output_uri = children.output_uri(run, self.settings)
         status = compute_status(run, observed, output_uri=output_uri, now=datetime.now(UTC))
         terminal = status.phase is not None and status.phase.terminal
         if terminal:
@@ -235,47 +269,26 @@ class Reconciler:
             # status now, so it may go.
             await self._release_pods(pods, lambda pod: bool(pod["metadata"].get("deletionTimestamp")))
 
-    async def _refuse(self, key: Key, body: dict[str, Any], exc: ValidationError) -> None:
-        """A spec the API server let through but the operator cannot run: fail it, naming the field."""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors(include_url=False)
-        )
-        if (body.get("status") or {}).get("reason") == "InvalidSpec":
-            return
-        stamp = now_rfc3339()
-        message = f"invalid TrainingRun: {problems}"
-        patch = {
-            "status": {
-                "phase": Phase.FAILED.value,
-                "reason": "InvalidSpec",
-                "message": message,
-                "completionTime": stamp,
-                "observedGeneration": body["metadata"].get("generation"),
-                "phaseHistory": [{"phase": Phase.FAILED.value, "time": stamp, "reason": "InvalidSpec"}],
-                "conditions": [
-                    {"type": "Failed", "status": "True", "reason": "InvalidSpec", "message": message,
-                     "lastTransitionTime": stamp, "observedGeneration": body["metadata"].get("generation")}
-                ],
-            }
-        }
-        result = await self.io(self.kube.patch_run_status, key[0], key[1], patch)
-        if result is not None:
-            self._written[key] = result
-        self.event(body, "Warning", "InvalidSpec", message[:1000])
-
     async def _write(self, key: Key, status: TrainingRunStatus) -> None:
-        result = await self.io(self.kube.patch_run_status, key[0], key[1], status_patch(status))
+        result = await self.io(self.kube.patch_status, RESOURCE, key[0], key[1], status_patch(status))
         if result is not None:
             self._written[key] = result
 
-    async def _read_model(self, output_uri: str) -> tuple[ModelArtifact | None, str | None]:
+    async def _read_model(self, output_uri: str) -> tuple[ModelArtifact | None, str | None, str | None]:
+        """(model, definite error, temporary error): only a definite answer may end the run."""
         try:
             model = await self.io(self.read_artifact, output_uri)
-        except Exception as exc:  # S3 down or model.json malformed: say so in Promotable
-            return None, f"model.json at {output_uri} could not be read: {exc}"
+        except ValueError as exc:  # malformed model.json (pydantic's ValidationError is one)
+            return None, f"model.json at {output_uri} is not a valid model manifest: {str(exc)[:1000]}", None
+        except Exception as exc:
+            kind = classify(exc)
+            what = str(kind) if kind is not None else f"{type(exc).__name__}: {exc}"
+            # Access denied or a missing bucket is not an answer about the model either: a
+            # fixed IAM policy or bucket must let the run finish, so those retry too.
+            return None, None, f"reading model.json failed ({what[:500]})"
         if model is None:
-            return None, f"no model.json at {output_uri}: the training code did not save a model"
-        return model, None
+            return None, f"no model.json at {output_uri}: the training code did not save a model", None
+        return model, None, None
 
     async def _log_tails(self, pods: list[dict[str, Any]]) -> dict[str, str]:
         logs: dict[str, str] = {}
@@ -297,7 +310,8 @@ class Reconciler:
             finalizers = list(pod["metadata"].get("finalizers") or [])
             if children.POD_FINALIZER in finalizers and which(pod):
                 await self.io(
-                    self.kube.remove_pod_finalizer,
+                    self.kube.remove_finalizer,
+                    PODS,
                     pod["metadata"]["namespace"],
                     pod["metadata"]["name"],
                     finalizers,
@@ -329,15 +343,27 @@ class Reconciler:
             metrics.TRAINING_SECONDS.labels(str(status.phase)).observe(max(0.0, (ended - started).total_seconds()))
         notification = run.spec.notification
         if notification is not None:
-            url = await self.io(self.kube.secret_value, run.namespace, notification.webhook_secret, notification.key)
             try:
-                if url is None:
-                    raise LookupError(f"Secret {notification.webhook_secret} has no key {notification.key}")
-                await notify.send(url, notify.run_ended_message(run, status))
+                secret = await self.io(self.kube.read_secret, run.namespace, notification.webhook_secret)
+                url = notify.webhook_url(secret, notification.webhook_secret, notification.key)
+                await notify.send(
+                    url,
+                    notify.run_ended_message(run, status),
+                    allowlist=self.webhook_allowlist,
+                    allow_http=self.settings.webhook_allow_http,
+                )
                 metrics.NOTIFICATIONS.labels("sent").inc()
-            except Exception as exc:
+            except notify.NotificationError as exc:
+                # Safe by construction: names the Secret and the problem, never the URL.
                 metrics.NOTIFICATIONS.labels("failed").inc()
                 self.event(body, "Warning", "NotificationFailed", str(exc)[:500])
+            except Exception as exc:
+                # Reading the Secret failed: the API's message names only the Secret.
+                metrics.NOTIFICATIONS.labels("failed").inc()
+                self.event(
+                    body, "Warning", "NotificationFailed",
+                    f"reading Secret {notification.webhook_secret} failed ({type(exc).__name__})",
+                )
         # Recorded even without a webhook: it marks the end-of-run effects as done, so a
         # restarted operator does not repeat them (a crash before the write repeats the
         # webhook once: at-least-once, as webhooks are everywhere).
@@ -355,3 +381,4 @@ class Reconciler:
             counts[phase] += 1
         for phase, count in counts.items():
             metrics.RUNS.labels(phase.value).set(count)
+

@@ -13,11 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 from kakehashi.api.trainingrun import (
-    Condition,
     ConditionType,
     JobRef,
     Phase,
@@ -26,7 +25,8 @@ from kakehashi.api.trainingrun import (
     TrainingRun,
     TrainingRunStatus,
 )
-from kakehashi.contract import ModelArtifact
+from kakehashi.control.conditions import Condition, ConditionStatus, condition
+from kakehashi.modelformat import ModelArtifact, now_rfc3339
 from kakehashi.training.children import (
     ANNOTATION_GENERATION,
     CLONE_CONTAINER,
@@ -44,6 +44,13 @@ Obj = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
+class Verdict:
+    phase: Phase
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the operator read from the cluster (and S3) for one run."""
 
@@ -53,20 +60,14 @@ class Observed:
     # from a cache that has not caught up yet.
     child_deleted: bool = False
     model: ModelArtifact | None = None
+    # A definite answer: no model.json after the pods ended, or a malformed one.
     model_error: str | None = None
+    # A temporary failure reading model.json (S3 5xx, SlowDown, timeout): no answer yet.
+    model_retrying: str | None = None
+    # The run cannot start: the operator or the API server refused its spec (InvalidSpec).
+    refusal: Verdict | None = None
     # Log tails fetched from the API when a failed container left no termination message.
     logs: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    phase: Phase
-    reason: str
-    message: str
-
-
-def now_rfc3339(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
@@ -246,6 +247,8 @@ def _progress(facts: _PodFacts, child: Obj) -> Verdict:
 
 
 def verdict(run: TrainingRun, observed: Observed, facts: _PodFacts | None = None) -> Verdict:
+    if observed.refusal is not None:
+        return observed.refusal
     facts = facts or _pod_facts(observed.pods, observed.logs)
     if observed.child is None:
         if observed.child_deleted:
@@ -257,8 +260,10 @@ def verdict(run: TrainingRun, observed: Observed, facts: _PodFacts | None = None
     return _job_verdict(run, observed.child, facts)
 
 
-def promotable(run: TrainingRun, observed: Observed, phase: Phase) -> tuple[str, str, str]:
+def promotable(run: TrainingRun, observed: Observed, phase: Phase) -> tuple[ConditionStatus, str, str]:
     """(status, reason, message) of the Promotable condition."""
+    if observed.model_retrying is not None:
+        return "Unknown", "ModelReadRetrying", observed.model_retrying
     if phase == Phase.FAILED:
         return "False", "RunFailed", "the run failed"
     if phase != Phase.SUCCEEDED:
@@ -278,22 +283,40 @@ def promotable(run: TrainingRun, observed: Observed, phase: Phase) -> tuple[str,
     return "False", "GateNotMet", f"{gate.metric}={value:.4g} is not {op} {gate.threshold:g}"
 
 
-def _condition(
-    previous: Sequence[Condition], type_: str, status: str, reason: str, message: str, generation: int, now: str
-) -> Condition:
-    before = next((c for c in previous if c.type == type_), None)
-    # lastTransitionTime moves only when the status flips, as in every Kubernetes condition.
-    changed = before is None or before.status != status
-    return Condition.model_validate(
-        {
-            "type": type_,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": now if changed or before is None else before.last_transition_time,
-            "observedGeneration": generation,
-        }
-    )
+def model_recorded(observed: Observed, phase: Phase) -> tuple[ConditionStatus, str, str]:
+    """(status, reason, message) of the ModelRecorded condition."""
+    if observed.model_retrying is not None:
+        return "False", "ModelReadRetrying", observed.model_retrying
+    if phase == Phase.FAILED:
+        return "False", "RunFailed", "the run failed: no model"
+    if phase != Phase.SUCCEEDED:
+        return "Unknown", "NotFinished", "the run has not finished"
+    if observed.model is None:
+        return "False", "ModelNotFound", observed.model_error or "model.json was not found at the output URI"
+    return "True", "ModelRecorded", f"model {observed.model.digest} recorded from {observed.model.uri}"
+
+
+# Phases only move forward; a terminal phase is final (handled before this is consulted).
+_RANK: Final = {Phase.PENDING: 0, Phase.RUNNING: 1, Phase.SUCCEEDED: 2, Phase.FAILED: 2}
+
+
+def _forward(previous: Phase | None, result: Verdict, observed: Observed) -> Verdict:
+    """The verdict with its phase never behind the previous one, and never terminal too early.
+
+    A replica restarting makes the pods look Pending again; the run is still Running (the
+    reason and message say what is going on). A finished Job whose model.json cannot be read
+    yet, because S3 answered with a temporary error, is not a fact to freeze: it stays Running
+    until a definite answer.
+    """
+    if result.phase == Phase.SUCCEEDED and observed.model_retrying is not None:
+        return Verdict(
+            Phase.RUNNING,
+            "ModelReadRetrying",
+            f"training finished; reading model.json failed temporarily, retrying: {observed.model_retrying}",
+        )
+    if previous is not None and _RANK[result.phase] < _RANK[previous]:
+        return Verdict(previous, result.reason, result.message)
+    return result
 
 
 def compute_status(
@@ -304,23 +327,25 @@ def compute_status(
         return previous
     stamp = now_rfc3339(now)
     facts = _pod_facts(observed.pods, observed.logs)
-    result = verdict(run, observed, facts)
+    result = _forward(previous.phase, verdict(run, observed, facts), observed)
     phase = result.phase
     gen = run.generation
     prev_conds = previous.conditions
+    api_version, kind = child_kind(run)
     created = observed.child is not None or previous.job_ref is not None
 
-    def cond(type_: ConditionType, status: str, reason: str, message: str) -> Condition:
-        return _condition(prev_conds, type_.value, status, reason, message, gen, stamp)
+    def cond(type_: ConditionType, status: ConditionStatus, reason: str, message: str) -> Condition:
+        return condition(prev_conds, type_.value, status, reason, message, generation=gen, now=stamp)
 
-    api_version, kind = child_kind(run)
+    if observed.refusal is not None:
+        created_cond = cond(ConditionType.CREATED, "False", observed.refusal.reason, observed.refusal.message)
+    elif created:
+        created_cond = cond(ConditionType.CREATED, "True", f"{kind}Created", f"{kind} {child_name(run)} created")
+    else:
+        created_cond = cond(ConditionType.CREATED, "False", "Creating", "creating the training job")
+
     conditions = [
-        cond(
-            ConditionType.CREATED,
-            "True" if created else "False",
-            f"{kind}Created" if created else "Creating",
-            f"{kind} {child_name(run)} created" if created else "creating the training job",
-        ),
+        created_cond,
         cond(
             ConditionType.RUNNING,
             "True" if phase == Phase.RUNNING else "False",
@@ -340,6 +365,7 @@ def compute_status(
             result.message if phase == Phase.FAILED else "",
         ),
         cond(ConditionType.PROMOTABLE, *promotable(run, observed, phase)),
+        cond(ConditionType.MODEL_RECORDED, *model_recorded(observed, phase)),
     ]
     child_generation = _child_generation(observed.child)
     if child_generation is not None and child_generation != gen:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kakehashi.artifacts import content_digest
+from kakehashi.modelformat import content_digest
 from kakehashi_inference.model import ImageSpec, Label, LoadedModel, load_labels, load_model
 from kakehashi_inference.settings import Settings
 

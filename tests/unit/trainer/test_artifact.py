@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kakehashi import contract
-from kakehashi.artifacts import content_digest, parse_s3_uri
-from kakehashi.contract import ModelArtifact
+from kakehashi import contract, modelformat
+from kakehashi.artifacts import parse_s3_uri
+from kakehashi.modelformat import ModelArtifact, content_digest
 from kakehashi.trainer import context, write_artifact
 from kakehashi.trainer.save import publish
 
@@ -41,7 +41,7 @@ def test_digest_ignores_creation_order_and_mtimes(tmp_path: Path) -> None:
 def test_digest_changes_with_content_or_names_but_not_model_json(tmp_path: Path) -> None:
     root = _write(tmp_path / "m", FILES, mtime=1_000_000)
     before = content_digest(root)
-    (root / contract.MODEL_MANIFEST).write_text("{}")
+    (root / modelformat.MODEL_MANIFEST).write_text("{}")
     assert content_digest(root) == before  # model.json holds the digest: it cannot be in it
     (root / "savedmodel/variables/variables.index").write_bytes(b"other")
     changed = content_digest(root)
@@ -72,15 +72,15 @@ def test_model_json_validates_and_carries_lineage(tmp_path: Path) -> None:
         metrics={"accuracy": 0.97, "loss": float("nan")},
     )
 
-    manifest = json.loads((root / contract.MODEL_MANIFEST).read_text())
+    manifest = json.loads((root / modelformat.MODEL_MANIFEST).read_text())
     artifact = ModelArtifact.model_validate(manifest)
     assert artifact == returned
     assert manifest["uri"] == uri
     assert manifest["digest"] == content_digest(root)
     # A NaN loss cannot be gated on, nor written as JSON: it is left out.
     assert manifest["metrics"] == {"accuracy": 0.97}
-    assert json.loads((root / contract.METRICS_FILE).read_text()) == {"accuracy": 0.97}
-    assert json.loads((root / contract.LABELS_FILE).read_text()) == ["0", "1", "2"]
+    assert json.loads((root / modelformat.METRICS_FILE).read_text()) == {"accuracy": 0.97}
+    assert json.loads((root / modelformat.LABELS_FILE).read_text()) == ["0", "1", "2"]
     lineage = manifest["lineage"]
     assert lineage["runId"] == "uid-1" and lineage["runName"] == "digits"
     assert lineage["git"] == {"url": "https://git.example/ml.git", "revision": "main",
@@ -103,7 +103,7 @@ def test_publishing_to_a_local_uri_keeps_the_digest(tmp_path: Path) -> None:
     artifact = write_artifact(root, "unused", ctx=context(argv=[], environ={}))
     publish(root, (tmp_path / "out").as_uri())
     assert content_digest(tmp_path / "out") == artifact.digest
-    assert (tmp_path / "out" / contract.MODEL_MANIFEST).exists()
+    assert (tmp_path / "out" / modelformat.MODEL_MANIFEST).exists()
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from kakehashi import contract
-from kakehashi.artifacts import content_digest
-from kakehashi.contract import ModelArtifact
+from kakehashi import contract, modelformat
+from kakehashi.modelformat import ModelArtifact, content_digest
 from kakehashi.trainer import context, save
 
 tf = pytest.importorskip("tensorflow")
@@ -34,10 +33,10 @@ def test_a_keras_model_is_saved_servable_with_its_artifact(tmp_path: Path) -> No
     ctx = context(argv=["--epochs=1"], environ={contract.ENV_OUTPUT_URI: out.as_uri() + "/"})
     artifact = save(_keras_model(), labels=["no", "yes"], metrics={"accuracy": 0.5}, ctx=ctx)
 
-    assert ModelArtifact.model_validate_json((out / contract.MODEL_MANIFEST).read_text()) == artifact
+    assert ModelArtifact.model_validate_json((out / modelformat.MODEL_MANIFEST).read_text()) == artifact
     assert content_digest(out) == artifact.digest
     assert artifact.lineage.frameworks["tensorflow"] == tf.__version__
-    loaded = tf.saved_model.load(str(out / contract.SAVEDMODEL_DIR))
+    loaded = tf.saved_model.load(str(out / modelformat.SAVEDMODEL_DIR))
     (probabilities,) = loaded.signatures["serving_default"](
         features=tf.constant([[1.0, 2.0, 3.0]])
     ).values()
@@ -62,7 +61,7 @@ def test_a_tf_module_with_a_signature_is_saved(tmp_path: Path) -> None:
     model = Doubler()
     save(model, ctx=context(argv=[], environ={}), output_uri=str(tmp_path / "out"),
          signatures={"serving_default": model.__call__})
-    loaded = tf.saved_model.load(str(tmp_path / "out" / contract.SAVEDMODEL_DIR))
+    loaded = tf.saved_model.load(str(tmp_path / "out" / modelformat.SAVEDMODEL_DIR))
     result = loaded.signatures["serving_default"](x=tf.constant([1.0, 2.0]))
     assert result["y"].numpy().tolist() == [2.0, 4.0]
 

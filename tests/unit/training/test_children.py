@@ -66,8 +66,18 @@ def test_one_replica_is_a_job_with_the_contract_env() -> None:
 
 
 def test_rendering_is_deterministic() -> None:
+    # Fixed expected values, not just two renders in one process: a restarted operator (another
+    # process, another hash seed) must render the same name and bytes, or it creates a second Job.
     run = make_run(hyperparameters={"b": 1, "a": 2})
-    assert children.render_child(run, SETTINGS) == children.render_child(run, SETTINGS)
+    job = children.render_child(run, SETTINGS)
+    assert job == children.render_child(make_run(hyperparameters={"a": 2, "b": 1}), SETTINGS)
+    assert job["metadata"]["name"] == "digits"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--a=2", "--b=1"]
+    assert env_of(container)[contract.ENV_HYPERPARAMETERS] == '{"a": 2, "b": 1}'
+    tfjob = children.render_child(make_run(replicas={"chief": 1, "worker": 2}), SETTINGS)
+    assert tfjob["metadata"]["name"] == "digits"
+    assert list(tfjob["spec"]["tfReplicaSpecs"]) == ["Chief", "Worker"]
 
 
 def test_explicit_output_uri_and_run_policy() -> None:

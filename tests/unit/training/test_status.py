@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kakehashi.api.trainingrun import Phase, TrainingRun
-from kakehashi.contract import ModelArtifact
+from kakehashi.modelformat import ModelArtifact
 from kakehashi.training.children import CLONE_CONTAINER
 from kakehashi.training.status import Observed, compute_status, verdict
 
@@ -65,6 +65,7 @@ def test_running_pod_is_running_with_history_and_start_time() -> None:
     assert [h.phase for h in status.phase_history] == [Phase.RUNNING]
     assert {c.type: c.status for c in status.conditions} == {
         "Created": "True", "Running": "True", "Succeeded": "False", "Failed": "False", "Promotable": "Unknown",
+        "ModelRecorded": "Unknown",
     }
     assert all(c.observed_generation == 1 for c in status.conditions)
 

@@ -1,0 +1,120 @@
+"""Per-object reconcile requests: coalesced, one at a time per object, retried with backoff.
+
+Every event about an object (or its children) only *requests* a reconcile. A request for an
+object that is already queued is dropped (a burst of pod events costs one reconcile), one object
+is never reconciled twice at once, and a failed reconcile is retried after a capped, jittered,
+growing delay: never a fixed fast loop that hammers an API server which is already failing.
+While an object waits out its backoff, further requests for it are absorbed by the scheduled
+retry (the periodic resync included), so an outage does not turn into a retry storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+from kakehashi import metrics
+from kakehashi.control.backoff import Backoff
+from kakehashi.control.errors import PermanentError, TemporaryError, classify
+
+K = TypeVar("K", bound=Hashable)
+
+logger = logging.getLogger("kakehashi.control")
+
+
+class ReconcileQueue(Generic[K]):
+    def __init__(
+        self,
+        resource: str,
+        reconcile: Callable[[K], Awaitable[None]],
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.resource = resource
+        self._reconcile = reconcile
+        self.backoff = backoff or Backoff()
+        self._queued: set[K] = set()
+        self._locks: dict[K, asyncio.Lock] = {}
+        self._attempts: dict[K, int] = {}
+        self._retries: dict[K, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request(self, key: K) -> None:
+        """Ask for a reconcile of one object; cheap and idempotent, safe on every event."""
+        if key in self._queued or key in self._retries:
+            return
+        self._queued.add(key)
+        task = asyncio.get_running_loop().create_task(self._run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, key: K) -> None:
+        """The object is gone: drop its state, or per-object memory would grow forever."""
+        self._attempts.pop(key, None)
+        retry = self._retries.pop(key, None)
+        if retry is not None:
+            retry.cancel()
+        if key not in self._queued:
+            self._locks.pop(key, None)
+
+    def attempts(self, key: K) -> int:
+        """Failed reconciles in a row (0 after a success)."""
+        return self._attempts.get(key, 0)
+
+    def waiting(self, key: K) -> float | None:
+        """Seconds until the scheduled retry, or None."""
+        retry = self._retries.get(key)
+        return None if retry is None else max(0.0, retry.when() - asyncio.get_running_loop().time())
+
+    async def drain(self) -> None:
+        """Wait for the reconciles in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _retry(self, key: K) -> None:
+        self._retries.pop(key, None)
+        self.request(key)
+
+    async def _run(self, key: K) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self._queued.discard(key)
+            started = time.perf_counter()
+            result = "success"
+            try:
+                await self._reconcile(key)
+                self._attempts.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                result = self._failed(key, error)
+            finally:
+                metrics.RECONCILES.labels(self.resource, result).inc()
+                metrics.RECONCILE_SECONDS.labels(self.resource).observe(time.perf_counter() - started)
+
+    def _failed(self, key: K, error: Exception) -> str:
+        kind = classify(error)
+        attempt = self._attempts.get(key, 0) + 1
+        self._attempts[key] = attempt
+        extra = {"resource": self.resource, "key": "/".join(map(str, key)) if isinstance(key, tuple) else str(key)}
+        if isinstance(kind, PermanentError):
+            # The reconciler records refusals it understands in the status itself; one that
+            # reaches here (e.g. our own status patch refused) is a bug to read in the log, and
+            # asking again would get the same answer. The next event or resync tries anew.
+            logger.error("Reconcile refused by the server: %s", kind, extra={**extra, "attempt": attempt})
+            self._attempts.pop(key, None)
+            return "error"
+        delay = kind.delay if isinstance(kind, TemporaryError) and kind.delay is not None else self.backoff.delay(attempt)
+        if isinstance(kind, TemporaryError):
+            logger.warning(
+                "Reconcile failed temporarily, retrying in %.1fs: %s", delay, kind,
+                extra={**extra, "attempt": attempt},
+            )
+        else:
+            logger.exception("Reconcile failed, retrying in %.1fs", delay, extra={**extra, "attempt": attempt})
+        loop = asyncio.get_running_loop()
+        self._retries[key] = loop.call_later(delay, self._retry, key)
+        return "retry"

@@ -1,0 +1,102 @@
+"""The shared control core: which failures are temporary, how retries back off, settings and
+their command line from one declaration, and the address rules both servers use."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from click.testing import CliRunner
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
+
+from kakehashi.addresses import Allowlist, why_refused
+from kakehashi.control.backoff import Backoff
+from kakehashi.control.errors import PermanentError, TemporaryError, api_message, classify
+from kakehashi.settings import OperatorSettings
+
+
+def _api(status: int, message: str = "x", retry_after: str | None = None) -> ApiException:
+    error = ApiException(status=status, reason="r")
+    error.body = json.dumps({"kind": "Status", "message": message})
+    error.headers = {"Retry-After": retry_after} if retry_after else {}
+    return error
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_throttling_and_server_errors_are_temporary(status: int) -> None:
+    assert isinstance(classify(_api(status)), TemporaryError)
+
+
+@pytest.mark.parametrize("status", [400, 403, 422])
+def test_refusals_are_permanent_and_keep_the_servers_words(status: int) -> None:
+    kind = classify(_api(status, "spec.template.spec.tolerations[0].key: Invalid value"))
+    assert isinstance(kind, PermanentError)
+    assert "tolerations[0].key" in str(kind)
+
+
+def test_retry_after_is_honoured() -> None:
+    kind = classify(_api(429, retry_after="7"))
+    assert isinstance(kind, TemporaryError) and kind.delay == 7.0
+
+
+def test_s3_slowdown_and_transport_failures_are_temporary() -> None:
+    slow = ClientError({"Error": {"Code": "SlowDown", "Message": "reduce"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+    assert isinstance(classify(slow), TemporaryError)
+    assert isinstance(classify(denied), PermanentError) and "AccessDenied" in api_message(denied)
+    assert isinstance(classify(EndpointConnectionError(endpoint_url="http://s3")), TemporaryError)
+    assert isinstance(classify(MaxRetryError(None, "/x")), TemporaryError)  # type: ignore[arg-type]
+    assert isinstance(classify(ReadTimeoutError(None, "/x", "read timed out")), TemporaryError)  # type: ignore[arg-type]
+    assert isinstance(classify(TimeoutError()), TemporaryError)
+    assert classify(KeyError("bug")) is None  # not a remote answer: a bug, logged and retried
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    plain = Backoff(base_s=1, factor=2, cap_s=30, jitter=0)
+    assert [plain.delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    jittered = Backoff(base_s=1, factor=2, cap_s=30, jitter=0.2)
+    delays = {round(jittered.delay(3, random.Random(seed)), 6) for seed in range(20)}
+    assert len(delays) > 10 and all(3.2 <= d <= 4.8 for d in delays)
+
+
+def test_operator_settings_come_from_flags_then_environment_then_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kakehashi.cli import main
+
+    monkeypatch.setenv("KAKEHASHI_MODEL_BUCKET", "from-env")
+    monkeypatch.setenv("KAKEHASHI_WEBHOOK_ALLOWLIST", "10.0.0.0/8, hooks.internal")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio:9000")
+    settings = OperatorSettings()
+    assert settings.model_bucket == "from-env"
+    assert settings.webhook_allowlist == ["10.0.0.0/8", "hooks.internal"]
+    assert settings.s3_endpoint == "http://minio:9000"
+    assert OperatorSettings(model_bucket="from-flag").model_bucket == "from-flag"
+    # --help shows each setting's real default and its variable: one declaration for both.
+    result = CliRunner().invoke(main, ["operator", "run", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for field in OperatorSettings.model_fields:
+        flag = "--" + field.replace("_", "-")
+        assert flag in result.output, flag
+        assert f"KAKEHASHI_{field.upper()}" in result.output
+    text = " ".join(result.output.split())
+    assert "[env KAKEHASHI_RESYNC_SECONDS; default: 30.0]" in text
+    assert "[env KAKEHASHI_THREADS; default: 16]" in text
+
+
+@pytest.mark.parametrize(("address", "refused"), [
+    ("8.8.8.8", False), ("2001:4860:4860::8888", False), ("64:ff9b::808:808", False),
+    ("10.1.2.3", True), ("169.254.169.254", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("64:ff9b::a9fe:a9fe", True), ("2002:a9fe:a9fe::1", True), ("::10.0.0.1", True), ("::ffff:0:a00:1", True),
+])
+def test_addresses_embedding_ipv4_are_judged_by_the_ipv4_address(address: str, refused: bool) -> None:
+    assert (why_refused(ipaddress.ip_address(address)) is not None) == refused
+
+
+def test_the_allowlist_permits_networks_and_host_names() -> None:
+    allow = Allowlist(["10.0.0.0/8", "Hooks.Internal."])
+    assert allow.permits("x", ipaddress.ip_address("10.9.9.9"))
+    assert allow.permits("hooks.internal", ipaddress.ip_address("192.168.1.1"))
+    assert not allow.permits("other", ipaddress.ip_address("192.168.1.1"))
