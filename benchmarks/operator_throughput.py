@@ -23,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client, watch
 
 from kakehashi import GROUP, VERSION
+from kakehashi.control.client import api_client
 from kakehashi.dev import stack
 from kakehashi.dev.environment import DevEnvironment
 from kakehashi.dev.operator import LocalOperator, install_crds
@@ -142,10 +143,7 @@ def main() -> None:
     stack.up()
     env = DevEnvironment.load()
     install_crds(env)
-    configuration = client.Configuration()
-    config.load_kube_config(str(env.learning.kubeconfig), client_configuration=configuration)
-    configuration.connection_pool_maxsize = args.threads * 2
-    api = client.ApiClient(configuration)
+    api = api_client(env.learning.kubeconfig, pool_size=args.threads * 2)
     core, batch, custom = client.CoreV1Api(api), client.BatchV1Api(api), client.CustomObjectsApi(api)
     suffix = uuid.uuid4().hex[:6]
     leftovers = [ns.metadata.name for ns in core.list_namespace().items if ns.metadata.name.startswith("bench-")]

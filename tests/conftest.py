@@ -42,11 +42,9 @@ def dev_env() -> Any:
 
 
 def _api_client(kubeconfig: Path) -> Any:
-    from kubernetes import client, config
+    from kakehashi.control.client import api_client
 
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    return client.ApiClient(configuration)
+    return api_client(kubeconfig)
 
 
 @pytest.fixture(scope="session")
