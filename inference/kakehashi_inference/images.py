@@ -15,7 +15,7 @@ import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kakehashi_inference.errors import InvalidInput, PayloadTooLarge
-from kakehashi_inference.model import ImageSpec
+from kakehashi_inference.runtimes import ImageSpec
 from kakehashi_inference.settings import Preprocess
 
 _SCALES: dict[str, tuple[float, float]] = {  # x * scale + offset
@@ -37,7 +37,8 @@ def decode_image(
         width, height = image.size
         if width * height > max_pixels:
             raise PayloadTooLarge(
-                f"{width}x{height} pixels is more than the {max_pixels} allowed", image=index
+                f"image has {width}x{height} pixels, more than the {max_pixels} pixels allowed",
+                image=index,
             )
         mode = "L" if spec.channels == 1 else "RGB"
         # JPEG can decode straight at 1/2, 1/4 or 1/8 scale: a 4000x3000 photo bound for
@@ -50,11 +51,16 @@ def decode_image(
                 (spec.width, spec.height), Image.Resampling.BILINEAR, reducing_gap=2.0
             )
         pixels = np.asarray(image, dtype=np.float32)
+    except Image.DecompressionBombError:
+        # Pillow's own check (over ~179 Mpx) fires before ours can: the same answer as ours.
+        raise PayloadTooLarge(
+            f"image has more than the {max_pixels} pixels allowed", image=index
+        ) from None
     except UnidentifiedImageError:
         raise InvalidInput(
             "not a decodable image (the bytes match no known image format)", image=index
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise InvalidInput(f"image data is corrupt or truncated ({error})", image=index) from None
     if spec.channels == 1:
         pixels = pixels[..., np.newaxis]

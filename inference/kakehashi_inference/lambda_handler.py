@@ -28,6 +28,7 @@ def build_handler(settings: Settings) -> Any:
     from kakehashi_inference.model import load_model
 
     model = load_model(settings, settings.threads or cpu_threads())
+    # One request at a time per instance: the larger batch interpreters would only cost init.
     app = create_app(settings, model)
     # API Gateway sends raw image bodies base64-encoded when they are binary media types.
     return Mangum(app, lifespan="off", text_mime_types=["application/json", "text/csv"])
@@ -36,11 +37,11 @@ def build_handler(settings: Settings) -> Any:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _adapter
     if _adapter is None:
-        _adapter = build_handler(Settings.from_env())
+        _adapter = build_handler(Settings())
     response: dict[str, Any] = _adapter(event, context)
     return response
 
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # in Lambda: load during the init phase
-    logs.configure(os.environ.get("KAKEHASHI_LOG_LEVEL", "info"))
-    _adapter = build_handler(Settings.from_env())
+    logs.configure(Settings().log_level)
+    _adapter = build_handler(Settings())

@@ -60,7 +60,11 @@ class V2Tensor(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(description="Row-major, flat or nested")
+    data: list[Any] | None = Field(
+        default=None,
+        description="Row-major, flat or nested; absent when the tensor is binary data "
+        "(`parameters.binary_data_size`, the binary tensor data extension)",
+    )
 
 
 class V2RequestedOutput(BaseModel):

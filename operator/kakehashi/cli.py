@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from kakehashi import __version__
@@ -37,6 +39,32 @@ def crds(out: str) -> None:
 
     for path in crd_module.write(Path(out)):
         click.echo(f"wrote {path}")
+
+
+@main.command("compile")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--atol", type=float, default=1e-5, show_default=True,
+              help="Absolute tolerance of the compiled outputs against the SavedModel's.")
+@click.option("--rtol", type=float, default=1e-3, show_default=True,
+              help="Relative tolerance of that check.")
+def compile_command(model_dir: Path, atol: float, rtol: float) -> None:
+    """Compile MODEL_DIR/savedmodel to TFLite once, parity-checked, into MODEL_DIR/compiled.
+
+    Every serving signature is converted and compared with the SavedModel on deterministic
+    inputs; compiled/record.json says how closely each matched. Exits 1 if any did not convert
+    or failed parity (the server then serves the SavedModel, which needs TensorFlow).
+    """
+    from kakehashi.compile import CompileError, compile_model
+
+    try:
+        record = compile_model(model_dir, atol=atol, rtol=rtol, progress=click.echo)
+    except CompileError as error:
+        raise click.ClickException(str(error)) from None
+    verdict = "passed" if record.passed else "FAILED"
+    click.echo(f"{model_dir / 'compiled'}: {verdict} (from {record.source_digest}, "
+               f"{record.seconds:g} s)")
+    if not record.passed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Fixtures for the inference server: one tiny image classifier and one tabular model per
-session (real SavedModels, built with Keras / tf.Module), a factory for test clients, JPEG
-payloads, and a real local HTTP server to fetch image URLs from."""
+session (real SavedModels, built with Keras / tf.Module, then compiled once by
+`kakehashi.compile` as the bake step does), a factory for test clients, JPEG payloads, and a
+real local HTTP server to fetch image URLs from."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from inference_helpers import ClientFactory, ImageServer, jpeg
 
+from kakehashi.compile import compile_model
 from kakehashi_inference.app import create_app
 from kakehashi_inference.model import LoadedModel, load_model
 from kakehashi_inference.settings import Settings
@@ -74,24 +76,38 @@ def build_tabular_model(directory: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def image_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_image_model(tmp_path_factory.mktemp("image-model"))
+    """The image model, compiled (`compiled/` beside `savedmodel/`)."""
+    directory = build_image_model(tmp_path_factory.mktemp("image-model"))
+    assert compile_model(directory).passed
+    return directory
 
 
 @pytest.fixture(scope="session")
 def tabular_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tabular_model(tmp_path_factory.mktemp("tabular-model"))
+    directory = build_tabular_model(tmp_path_factory.mktemp("tabular-model"))
+    assert compile_model(directory).passed
+    return directory
 
 
 @pytest.fixture(scope="session")
 def image_model(image_model_dir: Path) -> LoadedModel:
-    return load_model(
-        Settings(model_name="tiny", model_dir=image_model_dir, max_batch_size=8), threads=2
-    )
+    """The image model as the light image serves it: compiled, on LiteRT."""
+    settings = Settings(model_name="tiny", model_dir=image_model_dir, max_batch_size=8)
+    model = load_model(settings, threads=2)
+    model.runner.complete()
+    return model
 
 
 @pytest.fixture(scope="session")
 def tabular_model(tabular_model_dir: Path) -> LoadedModel:
     return load_model(Settings(model_name="tabular", model_dir=tabular_model_dir), threads=2)
+
+
+@pytest.fixture(scope="session")
+def tabular_savedmodel(tabular_model_dir: Path) -> LoadedModel:
+    """The tabular model on TensorFlow (the full image's fallback path)."""
+    settings = Settings(model_name="tabular", model_dir=tabular_model_dir, runtime="savedmodel")
+    return load_model(settings, threads=2)
 
 
 @pytest.fixture

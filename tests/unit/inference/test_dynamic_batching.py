@@ -143,8 +143,45 @@ def test_cpu_quota_is_read_from_cgroup_v2_or_v1(
     assert cpu_quota(tmp_path) == quota
 
 
-def test_threads_follow_the_quota_not_the_host(tmp_path: Path) -> None:
-    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU
-    assert cpu_threads(tmp_path) == 1
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cpu_threads(tmp_path) >= 1
+@pytest.mark.parametrize(
+    ("cpu_max", "cpus", "threads"),
+    [
+        ("50000 100000\n", 8, 1),  # half a CPU: one thread
+        ("150000 100000\n", 8, 2),  # 1.5 CPUs: rounded up
+        ("400000 100000\n", 8, 4),
+        ("400000 100000\n", 2, 2),  # never more than the CPUs we may run on
+        ("max 100000\n", 6, 6),  # no quota: every CPU we may run on
+    ],
+)
+def test_threads_follow_the_quota_not_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str, cpus: int, threads: int
+) -> None:
+    monkeypatch.setattr("kakehashi_inference.cgroup.available_cpus", lambda: cpus)
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    assert cpu_threads(tmp_path) == threads
+
+
+@pytest.mark.parametrize(
+    ("parallel", "queued", "in_flight", "expected"),
+    [
+        (2, 32, 0, 16),  # two cores: wide batches win
+        (2, 16, 16, 16),
+        (16, 32, 0, 2),  # sixteen interpreters: keep every one busy
+        (16, 16, 16, 2),
+        (16, 3, 0, 1),
+        (1, 100, 0, 16),  # never over the maximum
+        (2, 1, 0, 1),
+    ],
+)
+def test_batch_size_follows_the_load(parallel: int, queued: int, in_flight: int,
+                                     expected: int) -> None:
+    batcher = make_batcher(SlowModel(), max_batch_size=16, parallel=parallel)
+    batcher._in_flight = in_flight
+    assert batcher.batch_size(queued) == expected
+
+
+def test_many_slots_share_a_burst_instead_of_one_taking_it_all() -> None:
+    model = SlowModel(seconds=0.05)
+    asyncio.run(submit_all(make_batcher(model, max_batch_size=16, parallel=8),
+                           [float(i) for i in range(16)]))
+    assert max(model.batches) <= 2, model.batches

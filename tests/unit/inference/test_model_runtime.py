@@ -1,5 +1,5 @@
-"""Model loading: the input size comes from the model, TFLite matches the SavedModel within the
-stated tolerance, and any batch size gives the same answers as one image at a time."""
+"""Model loading: the input size comes from the model, the compiled model matches the SavedModel
+within the stated tolerance, and any batch size gives the same answers as one image at a time."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 
 from kakehashi.modelformat import content_digest
-from kakehashi_inference.model import ImageSpec, Label, LoadedModel, load_labels, load_model
+from kakehashi_inference.model import (
+    ImageSpec,
+    Label,
+    LoadedModel,
+    ModelLoadError,
+    load_labels,
+    load_model,
+)
 from kakehashi_inference.settings import Settings
 
-# The tolerance the server enforces at load time (Settings.tflite_atol / tflite_rtol).
+# The tolerance `kakehashi compile` checks by default (and Settings.parity_atol / parity_rtol).
 ATOL, RTOL = 1e-5, 1e-3
 
 
@@ -23,20 +30,27 @@ def random_images(count: int, seed: int = 1) -> np.ndarray:
 
 
 def test_input_size_and_classes_are_read_from_the_model(image_model: LoadedModel) -> None:
-    assert image_model.image == ImageSpec(height=32, width=32, channels=3, classes=10)
+    spec = image_model.image
+    assert spec is not None
+    assert (spec.height, spec.width, spec.channels, spec.classes) == (32, 32, 3, 10)
+    assert isinstance(spec, ImageSpec)
     assert image_model.labels is not None and image_model.labels[3] == Label("n00000003", "class 3")
-    assert image_model.digest == content_digest(image_model.directory)
 
 
-def test_tflite_xnnpack_matches_the_savedmodel_within_tolerance(image_model: LoadedModel) -> None:
-    assert image_model.runtime == "tflite-xnnpack"
+def test_compiled_model_matches_the_savedmodel_within_tolerance(
+    image_model: LoadedModel, image_model_dir: Path
+) -> None:
+    assert image_model.runtime == "litert-compiled"
+    savedmodel = load_model(
+        Settings(model_name="tiny", model_dir=image_model_dir, runtime="savedmodel"), threads=2
+    )
     images = random_images(16)
-    tflite = image_model.classify(images)
-    savedmodel = image_model.infer("serving_default", {"keras_tensor": images})
-    reference = next(iter(savedmodel.values()))
-    np.testing.assert_allclose(tflite, reference, atol=ATOL, rtol=RTOL)
-    assert image_model.tflite_max_abs_diff is not None
-    assert image_model.tflite_max_abs_diff <= ATOL + RTOL
+    reference = savedmodel.classify(images)
+    np.testing.assert_allclose(image_model.classify(images), reference, atol=ATOL, rtol=RTOL)
+    generic = next(iter(image_model.infer("serving_default", {"keras_tensor": images}).values()))
+    np.testing.assert_allclose(generic, reference, atol=ATOL, rtol=RTOL)
+    assert image_model.parity_max_abs_diff is not None
+    assert image_model.parity_max_abs_diff <= ATOL + RTOL
 
 
 def test_every_batch_size_answers_like_single_images(image_model: LoadedModel) -> None:
@@ -55,16 +69,37 @@ def test_savedmodel_runtime_runs_the_concrete_function(image_model_dir: Path) ->
     np.testing.assert_allclose(model.classify(images), expected, atol=1e-6)
 
 
+def test_convert_runtime_converts_at_start_and_checks_parity(image_model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    shutil.copytree(image_model_dir / "savedmodel", tmp_path / "savedmodel")
+    model = load_model(Settings(model_dir=tmp_path, max_batch_size=4), threads=2)  # never compiled
+    assert model.runtime == "litert-converted"
+    assert model.parity_max_abs_diff is not None and model.parity_max_abs_diff <= ATOL + RTOL
+    images = random_images(5)
+    reference = next(iter(model.infer("serving_default", {"keras_tensor": images}).values()))
+    np.testing.assert_allclose(model.classify(images), reference, atol=ATOL, rtol=RTOL)
+
+
 def test_labels_count_must_match_the_model(image_model_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(image_model_dir / "savedmodel", tmp_path / "savedmodel")
     (tmp_path / "labels.json").write_text(json.dumps(["a", "b"]))
-    with pytest.raises(ValueError, match="2 labels, the model 10 classes"):
+    with pytest.raises(ModelLoadError, match="2 labels, the model 10 classes"):
         load_model(Settings(model_dir=tmp_path, runtime="savedmodel"), threads=1)
 
 
-def test_missing_savedmodel_is_reported_with_its_path(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "savedmodel")):
+def test_missing_model_is_reported_without_its_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as raised:
         load_model(Settings(model_dir=tmp_path), threads=1)
+    assert "no savedmodel/" in raised.value.message
+    assert str(tmp_path) not in raised.value.message  # clients see the message
+    assert raised.value.detail == str(tmp_path)  # the log sees the path
+
+
+def test_digest_of_an_uncompiled_model_is_its_content_digest(image_model: LoadedModel,
+                                                             tmp_path: Path) -> None:
+    shutil.copytree(image_model.directory, tmp_path / "m")
+    shutil.rmtree(tmp_path / "m" / "compiled")
+    assert image_model.digest == content_digest(tmp_path / "m")
 
 
 @pytest.mark.parametrize(

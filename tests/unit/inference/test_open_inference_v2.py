@@ -1,6 +1,11 @@
-"""Open Inference Protocol v2 REST: any signature with numeric tensors, and CSV rows."""
+"""Open Inference Protocol v2 REST: any signature with numeric tensors, the binary tensor data
+extension, CSV rows; errors in v2's own shape. Every call runs on the compiled model (LiteRT)
+and on the SavedModel (TensorFlow) alike."""
 
 from __future__ import annotations
+
+import json
+import struct
 
 import numpy as np
 import pytest
@@ -10,19 +15,26 @@ from inference_helpers import ClientFactory
 from kakehashi_inference.model import LoadedModel
 
 
+@pytest.fixture(params=["compiled", "savedmodel"])
+def tabular_any(request: pytest.FixtureRequest) -> LoadedModel:
+    name = "tabular_model" if request.param == "compiled" else "tabular_savedmodel"
+    model: LoadedModel = request.getfixturevalue(name)
+    return model
+
+
 @pytest.fixture
-def tabular(make_client: ClientFactory, tabular_model: LoadedModel) -> TestClient:
-    return make_client(tabular_model)
+def tabular(make_client: ClientFactory, tabular_any: LoadedModel) -> TestClient:
+    return make_client(tabular_any)
 
 
-def test_health_and_model_metadata(tabular: TestClient, tabular_model: LoadedModel) -> None:
+def test_health_and_model_metadata(tabular: TestClient, tabular_any: LoadedModel) -> None:
     assert tabular.get("/v2/health/live").json() == {"live": True}
     assert tabular.get("/v2/health/ready").json() == {"ready": True}
     assert tabular.get("/v2/models/tabular/ready").json() == {"ready": True}
     metadata = tabular.get("/v2/models/tabular").json()
     assert metadata["name"] == "tabular"
     assert metadata["platform"] == "tensorflow_savedmodel"
-    assert metadata["versions"] == [tabular_model.digest]
+    assert metadata["versions"] == [tabular_any.digest]
     assert metadata["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]
     assert metadata["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}]
     total = metadata["parameters"]["signatures"]["total"]
@@ -90,7 +102,7 @@ def test_csv_rows_are_a_batch_for_a_single_input(tabular: TestClient) -> None:
 def test_csv_header_names_each_input(tabular: TestClient) -> None:
     csv = b"quantity,price\n2,1.5\n4,0.25\n"
     response = tabular.post("/v2/models/tabular/infer?signature_name=total", content=csv,
-                            headers={"Content-Type": "text/csv"})
+                            headers={"Content-Type": "text/csv; header=present"})
     assert response.status_code == 200, response.text
     outputs = {o["name"]: o for o in response.json()["outputs"]}
     assert outputs["total"]["data"] == [3.0, 1.0]
@@ -101,7 +113,7 @@ def test_bad_csv_is_400_naming_the_line(tabular: TestClient) -> None:
     response = tabular.post("/v2/models/tabular/infer", content=b"1,2,3,4\n1,2,x,4\n",
                             headers={"Content-Type": "text/csv"})
     assert response.status_code == 400
-    assert "line 2" in response.json()["error"]
+    assert "line 2, column 3" in response.json()["error"]
     no_header = tabular.post("/v2/models/tabular/infer?signature_name=total", content=b"1,2\n",
                              headers={"Content-Type": "text/csv"})
     assert "header row" in no_header.json()["error"]
@@ -118,3 +130,170 @@ def test_image_model_is_served_over_v2_too(client: TestClient, image_model: Load
     np.testing.assert_allclose(
         np.array(output["data"]).reshape(2, 10), image_model.classify(pixels), atol=1e-5
     )
+
+
+# Holes found from outside: CSV (5)
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b"5.1,3.5x,1.4,0.2\n6.7,3.0,5.2,2.3\n", "line 1, column 2"),  # was taken as a header
+        (b"NA,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n", "line 1, column 1"),
+        (b"5.1,,1.4,0.2\n6.7,3.0,5.2,2.3\n", "line 1, column 2: an empty field"),
+        (b"1,2,3,4\n\n1,2,3,oops\n", "line 3, column 4"),
+    ],
+)
+def test_csv_non_numeric_field_is_400_naming_line_and_column(
+    tabular: TestClient, body: bytes, where: str
+) -> None:
+    response = tabular.post("/v2/models/tabular/infer", content=body,
+                            headers={"Content-Type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert where in response.json()["error"]
+
+
+def test_csv_header_only_when_the_request_says_so(tabular: TestClient) -> None:
+    body = b"a,b,c,d\n1,0,0,0\n"
+    absent = tabular.post("/v2/models/tabular/infer", content=body,
+                          headers={"Content-Type": "text/csv"})
+    assert absent.status_code == 400 and "line 1, column 1" in absent.json()["error"]
+    present = tabular.post("/v2/models/tabular/infer", content=body,
+                           headers={"Content-Type": "text/csv; header=present"})
+    assert present.status_code == 200, present.text
+    assert present.json()["outputs"][0]["data"] == [1.0]
+
+
+@pytest.mark.parametrize("value", [b"nan", b"inf", b"-Infinity", b"1e400", b"1e39"])
+def test_csv_non_finite_and_overflowing_numbers_are_refused(
+    tabular: TestClient, value: bytes
+) -> None:
+    response = tabular.post("/v2/models/tabular/infer", content=b"1,2,3," + value + b"\n",
+                            headers={"Content-Type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert "line 1, column 4" in response.json()["error"]
+
+
+def test_non_finite_numbers_pass_when_a_setting_allows_them(
+    make_client: ClientFactory, tabular_model: LoadedModel
+) -> None:
+    client = make_client(tabular_model, allow_non_finite=True)
+    response = client.post("/v2/models/tabular/infer", content=b"1,0,0,inf\n",
+                           headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+
+
+def test_csv_integer_input_refuses_fractions(tabular: TestClient) -> None:
+    response = tabular.post("/v2/models/tabular/infer?signature_name=total",
+                            content=b"quantity,price\n2.5,1\n",
+                            headers={"Content-Type": "text/csv; header=present"})
+    assert response.status_code == 400
+    assert "line 2, column 1" in response.json()["error"] and "INT64" in response.json()["error"]
+
+
+# Holes found from outside: v2 (4)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"inputs": "nope"}', b'{"inputs": [{"name": "features"}]}', b"{not json", b"\xff\xfe{}"],
+)
+def test_v2_errors_use_the_protocol_shape(tabular: TestClient, body: bytes) -> None:
+    response = tabular.post("/v2/models/tabular/infer", content=body,
+                            headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"}
+    assert isinstance(response.json()["error"], str)
+
+
+def test_v2_unknown_routes_and_model_config_answer_in_the_protocol_shape(
+    tabular: TestClient
+) -> None:
+    for path in ("/v2/models/tabular/config", "/v2/models/tabular/versions/1/stats", "/v2/nope"):
+        response = tabular.get(path)
+        assert response.status_code == 404, path
+        assert set(response.json()) == {"error"}, path
+
+
+def test_int32_data_for_an_fp32_input_is_refused(tabular: TestClient) -> None:
+    request = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "INT32",
+                           "data": [1, 2, 3, 4]}]}
+    response = tabular.post("/v2/models/tabular/infer", json=request)
+    assert response.status_code == 400
+    assert "is FP32, the request says INT32" in response.json()["error"]
+
+
+def test_json_tensor_values_out_of_range_are_refused(tabular: TestClient) -> None:
+    request = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
+                           "data": [1, 2, 3, 1e39]}]}
+    response = tabular.post("/v2/models/tabular/infer", json=request)
+    assert response.status_code == 400
+    assert "too large for FP32" in response.json()["error"]
+
+
+def _binary_request(header: dict[str, object], data: bytes) -> tuple[bytes, dict[str, str]]:
+    """A request as tritonclient sends it: JSON header, then the raw tensor bytes."""
+    encoded = json.dumps(header).encode()
+    return encoded + data, {"Content-Type": "application/octet-stream",
+                            "Inference-Header-Content-Length": str(len(encoded))}
+
+
+def _binary_outputs(response: object) -> dict[str, np.ndarray]:
+    length = int(response.headers["Inference-Header-Content-Length"])  # type: ignore[attr-defined]
+    content: bytes = response.content  # type: ignore[attr-defined]
+    header = json.loads(content[:length])
+    offset, outputs = length, {}
+    for output in header["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        dtype = {"FP32": "<f4", "INT64": "<i8"}[output["datatype"]]
+        outputs[output["name"]] = np.frombuffer(
+            content[offset:offset + size], dtype=dtype).reshape(output["shape"])
+        offset += size
+    assert offset == len(content)
+    return outputs
+
+
+def test_binary_tensor_data_extension_in_and_out(tabular: TestClient) -> None:
+    features = np.array([[1, 0, 0, 0], [1, 1, 1, 1]], np.float32)
+    body, headers = _binary_request(
+        {"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32",
+                     "parameters": {"binary_data_size": features.nbytes}}],
+         "parameters": {"binary_data_output": True}},
+        features.astype("<f4").tobytes(),
+    )
+    response = tabular.post("/v2/models/tabular/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    np.testing.assert_allclose(_binary_outputs(response)["score"], [[1.0], [10.0]])
+
+
+def test_binary_inputs_with_json_outputs_and_mixed_dtypes(tabular: TestClient) -> None:
+    price = np.array([1.5, 2.0], "<f4").tobytes()
+    quantity = struct.pack("<2q", 2, 3)
+    body, headers = _binary_request(
+        {"parameters": {"signature_name": "total"},
+         "inputs": [{"name": "price", "shape": [2], "datatype": "FP32",
+                     "parameters": {"binary_data_size": len(price)}},
+                    {"name": "quantity", "shape": [2], "datatype": "INT64",
+                     "parameters": {"binary_data_size": len(quantity)}}],
+         "outputs": [{"name": "total", "parameters": {"binary_data": False}}]},
+        price + quantity,
+    )
+    response = tabular.post("/v2/models/tabular/infer", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"] == [{"name": "total", "shape": [2], "datatype": "FP32",
+                                           "data": [3.0, 6.0]}]
+
+
+def test_binary_data_that_does_not_fit_is_a_v2_400(tabular: TestClient) -> None:
+    body, headers = _binary_request(
+        {"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 16}}]},
+        b"\0" * 16,
+    )
+    response = tabular.post("/v2/models/tabular/infer", content=body, headers=headers)
+    assert response.status_code == 400
+    assert "takes 32" in response.json()["error"]
+    headers["Inference-Header-Content-Length"] = "100000"
+    response = tabular.post("/v2/models/tabular/infer", content=body, headers=headers)
+    assert response.status_code == 400 and set(response.json()) == {"error"}

@@ -59,6 +59,12 @@ def test_lambda_handler_serves_json_and_raw_images(
     assert json.loads(raw["body"])["images"][0]["category"] == result["category"]
     bad = lambda_handler.handler(http_api_event("/v1/predict", b"nope", "image/png"), None)
     assert bad["statusCode"] == 400
+    # Hole 2: a body that is not UTF-8, sent as JSON, is a 400 through Lambda too.
+    event = http_api_event("/v1/predict", b'{"images": "\xff\xfe"}', "application/octet-stream")
+    event["headers"]["content-type"] = "application/json"
+    not_utf8 = lambda_handler.handler(event, None)
+    assert not_utf8["statusCode"] == 400, not_utf8
+    assert "UTF-8" in json.loads(not_utf8["body"])["detail"]
 
 
 def test_cloudformation_templates_pass_cfn_lint() -> None:
@@ -82,6 +88,57 @@ def test_dockerfiles_are_multi_stage_with_the_model_as_last_layer(dockerfile: st
     assert sum(kind == "FROM" for kind, _ in instructions) >= 2
     layers = [line for kind, line in instructions if kind in ("COPY", "RUN", "ADD")]
     assert "MODEL_SRC" in layers[-1], "baking appends the model: it must be the last layer"
+
+
+def _stages(dockerfile: Path) -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for kind, line in _instructions(dockerfile):
+        if kind == "FROM":
+            current = [(kind, line)]
+            stages[line.split()[-1] if " AS " in line.upper() else str(len(stages))] = current
+        else:
+            current.append((kind, line))
+    return stages
+
+
+def _installed_extras(stages: dict[str, list[tuple[str, str]]], stage: str) -> set[str]:
+    """The kakehashi extras pip installs for `stage`, following FROM and COPY --from."""
+    extras: set[str] = set()
+    for kind, line in stages[stage]:
+        extras |= set(re.findall(r'"\.\[([a-z-]+)\]"', line))
+        if kind == "FROM" and line.split()[1] in stages:
+            extras |= _installed_extras(stages, line.split()[1])
+        source = re.search(r"--from=(\S+)", line)
+        if kind == "COPY" and source and source.group(1) in stages:
+            extras |= _installed_extras(stages, source.group(1))
+    return extras
+
+
+def test_light_and_full_serving_images() -> None:
+    stages = _stages(INFERENCE / "Dockerfile")
+    # The light image (what the operator bakes onto) and Lambda's install no TensorFlow.
+    assert _installed_extras(stages, "runtime") == {"serve"}
+    assert _installed_extras(stages, "model") == {"serve"}
+    assert _installed_extras(stages, "runtime-full") == {"serve-full"}
+    assert _installed_extras(stages, "model-full") == {"serve-full"}
+    lambda_stages = _stages(INFERENCE / "lambda" / "Dockerfile")
+    assert set().union(*(_installed_extras(lambda_stages, s) for s in lambda_stages)) == {"serve"}
+    for dockerfile in ("Dockerfile", "lambda/Dockerfile"):
+        text = (INFERENCE / dockerfile).read_text().lower()
+        assert "pip install tensorflow" not in text
+        # The base image is a build argument (the images are built on a local Debian base).
+        assert re.search(r"^ARG (PYTHON|LAMBDA)_IMAGE=", (INFERENCE / dockerfile).read_text(), re.M)
+
+
+def test_serving_extras_keep_tensorflow_out_of_the_light_image() -> None:
+    import tomllib
+
+    project = tomllib.loads((INFERENCE.parent / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    light = " ".join(extras["serve"] + project["dependencies"]).lower()
+    assert "tensorflow" not in light and "ai-edge-litert" in light
+    assert any(dep.startswith("tensorflow") for dep in extras["serve-full"])
 
 
 def test_serving_image_runs_as_non_root_with_a_readiness_healthcheck() -> None:

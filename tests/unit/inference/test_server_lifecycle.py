@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import socket
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,8 +18,9 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from inference_helpers import b64, jpeg
+from local_ports import free_port
 
-import kakehashi_inference.app as app_module
+import kakehashi_inference.server as server_module
 from kakehashi_inference.app import create_app
 from kakehashi_inference.cli import main
 from kakehashi_inference.model import LoadedModel
@@ -34,7 +36,7 @@ def test_ready_only_after_the_model_is_loaded_and_warmed_up(
         release.wait(10)
         return image_model
 
-    monkeypatch.setattr(app_module, "load_model", slow_load)
+    monkeypatch.setattr(server_module, "load_model", slow_load)
     with TestClient(create_app(Settings(model_name="tiny", model_dir=image_model_dir))) as client:
         assert client.get("/health").status_code == 200
         loading = client.get("/ready")
@@ -50,15 +52,95 @@ def test_ready_only_after_the_model_is_loaded_and_warmed_up(
         assert ready["status"] == "ready" and ready["digest"] == image_model.digest
 
 
-def test_a_model_that_fails_to_load_fails_liveness(tmp_path: Path) -> None:
-    with TestClient(create_app(Settings(model_dir=tmp_path))) as client:
-        deadline = time.monotonic() + 10
-        while client.get("/health").status_code == 200 and time.monotonic() < deadline:
-            time.sleep(0.02)
+def wait_loaded(client: TestClient) -> None:
+    deadline = time.monotonic() + 60
+    while client.get("/ready").json()["status"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_health_answers_both_keys_clients_check(client: TestClient) -> None:
+    # Hole 1: the design this replaces answered {"message": "OK"}, and clients check that.
+    assert client.get("/health").json() == {"status": "ok", "message": "OK"}
+
+
+def test_a_model_that_fails_to_load_fails_liveness_without_showing_paths(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = tmp_path / "secret-location"
+    model_dir.mkdir()
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        wait_loaded(client)
         health = client.get("/health")
         assert health.status_code == 503
-        assert "no SavedModel" in health.json()["error"]
+        assert "no savedmodel/" in health.json()["error"]
         assert client.get("/ready").json()["status"] == "failed"
+        answers = [health, client.get("/ready"), client.get("/v2/health/live"),
+                   client.post("/v1/predict", json={"images": [{"data": b64(jpeg())}]})]
+    # Hole 9: clients never see server paths; the log has them.
+    for answer in answers:
+        assert str(tmp_path) not in answer.text and "secret-location" not in answer.text
+    assert answers[3].status_code == 503
+    assert any(str(model_dir) in str(getattr(r, "detail", "")) or str(model_dir) in
+               str(getattr(r, "model_dir", "")) for r in caplog.records)
+
+
+def test_an_unexpected_load_error_is_answered_by_kind_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(settings: Settings, threads: int) -> LoadedModel:
+        raise OSError(f"[Errno 13] Permission denied: '{tmp_path}/savedmodel/variables'")
+
+    monkeypatch.setattr(server_module, "load_model", broken)
+    with TestClient(create_app(Settings(model_dir=tmp_path))) as client:
+        wait_loaded(client)
+        health = client.get("/health")
+    assert health.status_code == 503
+    assert "OSError" in health.json()["error"] and str(tmp_path) not in health.text
+
+
+def _copy(model_dir: Path, target: Path) -> Path:
+    shutil.copytree(model_dir, target)
+    return target
+
+
+def test_a_digest_that_does_not_match_model_json_is_never_ready(
+    image_model_dir: Path, tmp_path: Path
+) -> None:
+    # Hole 8: the digest is the lineage; a model that is not the recorded one is not served.
+    model_dir = _copy(image_model_dir, tmp_path / "model")
+    (model_dir / "model.json").write_text(json.dumps({"digest": "sha256:" + "0" * 64}))
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        wait_loaded(client)
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert "model.json says sha256:000" in ready.json()["error"]
+    with TestClient(create_app(Settings(model_dir=model_dir, allow_digest_mismatch=True))) as client:
+        wait_loaded(client)
+        assert client.get("/ready").status_code == 200
+
+
+def test_compiled_files_that_differ_from_their_record_are_not_served(
+    image_model_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = _copy(image_model_dir, tmp_path / "model")
+    flatbuffer = model_dir / "compiled" / "serving_default.tflite"
+    flatbuffer.write_bytes(flatbuffer.read_bytes()[:-1] + b"\0")
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        wait_loaded(client)
+        ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert "does not match its recorded sha256" in ready.json()["error"]
+
+
+def test_a_model_json_that_matches_is_served_with_its_digest(
+    image_model_dir: Path, image_model: LoadedModel, tmp_path: Path
+) -> None:
+    model_dir = _copy(image_model_dir, tmp_path / "model")
+    (model_dir / "model.json").write_text(json.dumps({"digest": image_model.digest}))
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        wait_loaded(client)
+        ready = client.get("/ready").json()
+    assert ready["digest"] == image_model.digest and ready["runtime"] == "litert-compiled"
 
 
 def test_metrics_show_latency_batches_queue_and_model_digest(
@@ -72,7 +154,7 @@ def test_metrics_show_latency_batches_queue_and_model_digest(
     assert "kakehashi_inference_batch_size_bucket" in text
     assert "kakehashi_inference_queue_depth 0.0" in text
     assert f'digest="{image_model.digest}"' in text
-    assert 'runtime="tflite-xnnpack"' in text
+    assert 'runtime="litert-compiled"' in text
     for stage in ("decode", "queue", "predict"):
         assert f'kakehashi_inference_stage_duration_seconds_count{{stage="{stage}"}}' in text
     assert 'kakehashi_inference_images_total{outcome="predicted"} 3.0' in text
@@ -86,24 +168,25 @@ def test_openapi_documents_json_and_raw_image_bodies(client: TestClient) -> None
     assert client.get("/docs").status_code == 200
 
 
-def test_cli_help_lists_the_options() -> None:
-    result = CliRunner().invoke(main, ["--help"])
+def test_cli_help_lists_every_setting_with_its_env_and_real_default() -> None:
+    result = CliRunner().invoke(main, ["--help"], terminal_width=1000)
     assert result.exit_code == 0
-    for option in ("--model-dir", "--port", "--max-batch-size", "--max-wait-ms",
-                   "--url-allowlist", "KAKEHASHI_MAX_BATCH_SIZE"):
-        assert option in result.output
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    help_text = " ".join(result.output.split())
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in help_text
+        assert f"env KAKEHASHI_{name.upper()}" in help_text
+    # The defaults shown are the ones in force (the help once said 8 while the server used 16).
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert f"KAKEHASHI_MAX_BATCH_SIZE; default {defaults.max_batch_size}]" in help_text
+    assert f"KAKEHASHI_MAX_IMAGES; default {defaults.max_images}]" in help_text
+    assert f"KAKEHASHI_DOWNLOAD_TIMEOUT_S; default {defaults.download_timeout_s}]" in help_text
+    assert f"KAKEHASHI_PORT; default {defaults.port}]" in help_text
+    assert "KAKEHASHI_MAX_BATCH_SIZE; default 16]" in help_text
 
 
 @pytest.mark.slow
 def test_kakehashi_serve_answers_over_real_http(image_model_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-c", "from kakehashi_inference.cli import main; main()",
                "--model-dir", str(image_model_dir), "--model-name", "tiny",
                "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", "4"]

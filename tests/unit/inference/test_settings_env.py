@@ -49,3 +49,31 @@ def test_cli_flags_override_the_environment(
     assert settings.model_dir == tmp_path
     assert settings.url_allowlist == ("127.0.0.1/32",)
     assert captured["port"] == 9000 and captured["workers"] == 1
+
+
+def test_every_setting_reads_its_environment_variable_and_its_flag(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KAKEHASHI_ALLOW_DIGEST_MISMATCH", "true")
+    monkeypatch.setenv("KAKEHASHI_RUNTIME", "compiled")
+    monkeypatch.setenv("KAKEHASHI_URL_ALLOWLIST", "10.0.0.0/8,images.internal")
+    settings = Settings()
+    assert settings.allow_digest_mismatch and settings.runtime == "compiled"
+    assert settings.url_allowlist == ("10.0.0.0/8", "images.internal")
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(app_module, "create_app", lambda s: captured.setdefault("settings", s))
+    monkeypatch.setattr("kakehashi_inference.logs.configure", lambda level: None)
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: captured.update(kwargs))
+    result = CliRunner().invoke(main, ["--no-allow-digest-mismatch", "--runtime", "savedmodel",
+                                       "--allow-non-finite", "--host", "127.0.0.1"])
+    assert result.exit_code == 0, result.output
+    flagged = captured["settings"]
+    assert not flagged.allow_digest_mismatch and flagged.allow_non_finite
+    assert flagged.runtime == "savedmodel" and captured["host"] == "127.0.0.1"
+
+
+def test_invalid_values_are_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = CliRunner().invoke(main, ["--max-batch-size", "0"])
+    assert result.exit_code == 2 and "max_batch_size" in result.output
+    result = CliRunner().invoke(main, ["--runtime", "gpu"])
+    assert result.exit_code == 2 and "gpu" in result.output

@@ -44,12 +44,27 @@ def test_loopback_is_refused_without_the_allowlist(
         ("http://169.254.10.10/cat.jpg", "link-local"),
         ("http://0.0.0.0/cat.jpg", "unspecified"),
         ("http://100.64.0.1/cat.jpg", "not a public"),
+        # Hole 6: IPv6 forms that embed an IPv4 address are judged by that address.
+        ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", "cloud metadata"),  # NAT64
+        ("http://[64:ff9b::7f00:1]/cat.jpg", "loopback"),
+        ("http://[2002:a9fe:a9fe::1]/latest/meta-data/", "cloud metadata"),  # 6to4
+        ("http://[2002:c0a8:101::]/cat.jpg", "private"),
+        ("http://[::169.254.169.254]/latest/meta-data/", "cloud metadata"),  # IPv4-compatible
+        ("http://[::127.0.0.1]/cat.jpg", "loopback"),
+        ("http://[::ffff:0:a9fe:a9fe]/latest/meta-data/", "cloud metadata"),  # IPv4-translated
+        ("http://[::ffff:0:10.0.0.1]/cat.jpg", "private"),
     ],
 )
 def test_internal_addresses_are_refused(client: TestClient, url: str, reason: str) -> None:
     status, body = predict_url(client, url)
     assert status == 400
     assert reason in str(body["detail"])
+
+
+def test_nat64_of_a_public_address_is_not_refused_for_its_form(client: TestClient) -> None:
+    # 64:ff9b::808:808 is 8.8.8.8 through NAT64: public, so the refusal (if any) is not ours.
+    _, body = predict_url(client, "http://[64:ff9b::808:808]:9/cat.jpg")
+    assert "refused" not in str(body.get("detail", ""))
 
 
 def test_allowlisted_address_is_fetched(
