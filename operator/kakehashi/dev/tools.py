@@ -99,6 +99,12 @@ TOOLS: tuple[GoTool, ...] = (
     }),
 )
 
+# Built on demand only (benchmarks/baking.py compares Kakehashi's layer append with it), never
+# by `dev up`: deliberately outside TOOLS.
+CRANE = GoTool(name="crane", version="v0.22.1", binaries={
+    "crane": "github.com/google/go-containerregistry/cmd/crane",
+})
+
 Progress = Callable[[str], None]
 
 
