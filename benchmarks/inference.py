@@ -2,11 +2,16 @@
 
     .venv/bin/python benchmarks/inference.py            # ~10 minutes on 2 cores
 
-Both servers get the same model (Keras MobileNetV2, `weights=None`: the real compute, nothing
-to download), the same JPEG payloads (`/v1/predict`, JSON base64, one 640x480 photo-like image
-per request), and load from a separate process (`wrk` with a Lua script for the POST bodies)
-at concurrency 1, 8 and 32. Reported per point: images/s, p50 and p99 latency, errors, and
-images/s as a fraction of the machine's physical limit:
+The servers get the same model (Keras MobileNetV2, `weights=None`: the real compute, nothing
+to download; compiled once by `kakehashi compile` for Kakehashi, as the bake step does), the
+same JPEG payloads (`/v1/predict`, JSON base64, one 640x480 photo-like image per request), and
+load from a separate process (`wrk` with a Lua script for the POST bodies) at concurrency 1, 8
+and 32. `kakehashi` is the server as shipped (batches follow the load: each takes its share of
+the outstanding images per interpreter); `kakehashi-greedy` the same server with the previous
+policy (a batch takes all that is queued, up to the maximum), to show the load-following policy
+does not lose on two cores; `naive` the usual FastAPI + `model.predict` server. Reported per
+point: images/s, p50 and p99 latency, errors, and images/s as a fraction of the machine's
+physical limit:
 
     limit = CPUs x clock x 32 FP32 FLOP per cycle (AVX-512 or 2 AVX2 FMA units) / 0.6 GFLOP
 
@@ -23,18 +28,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from common import ROOT, build_mobilenet, free_port, start, stop
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "inference.json"
 FLOP_PER_CYCLE = 32  # FP32, per core: 2 x 256-bit FMA, or 1 x 512-bit FMA
 GFLOP_PER_IMAGE = 0.6  # MobileNetV2 224x224: ~300 M multiply-adds
@@ -74,19 +77,6 @@ def physical_limit() -> dict[str, float]:
     return {"cpus": cpus, "ghz": round(ghz, 3), "limit": round(limit, 1)}
 
 
-def build_model(directory: Path) -> Path:
-    """MobileNetV2 (random weights) as SavedModel for Kakehashi and .keras for the naive server."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(weights=None)
-    model.export(str(directory / "savedmodel"), verbose=False)
-    model.save(directory / "model.keras")
-    labels = [[f"n{index:08d}", f"class {index}"] for index in range(1000)]
-    (directory / "labels.json").write_text(json.dumps(labels))
-    return directory
-
-
 def make_payloads(directory: Path, count: int = 8) -> list[Path]:
     """Photo-like 640x480 JPEGs (smooth shapes plus sensor-like noise), as request bodies."""
     from PIL import Image, ImageDraw, ImageFilter
@@ -111,38 +101,6 @@ def make_payloads(directory: Path, count: int = 8) -> list[Path]:
         path.write_text(body)
         paths.append(path)
     return paths
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command[0]} exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"{command[0]} never became ready")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def wrk(port: int, concurrency: int, seconds: float, script: Path, payloads: list[Path],
@@ -190,7 +148,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15, help="seconds per point")
     parser.add_argument("--warmup", type=float, default=3, help="seconds before each point")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--servers", default="kakehashi,naive")
+    parser.add_argument("--servers", default="kakehashi,kakehashi-greedy,naive")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--model-workers", type=int, help="kakehashi-serve --model-workers")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -202,15 +160,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="kakehashi-bench-") as tmp:
         work = Path(tmp)
-        model_dir = build_model(work / "mobilenetv2")
+        model_dir = build_mobilenet(work / "mobilenetv2", keras_file=True)
+        from kakehashi.compile import compile_model
+
+        assert compile_model(model_dir).passed
         payloads = make_payloads(work)
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
+        serve = [str(Path(sys.executable).parent / "kakehashi-serve"),
+                 "--model-dir", str(model_dir), "--model-name", "mobilenetv2", "--runtime",
+                 "compiled", "--host", "127.0.0.1", "--max-batch-size", str(args.max_batch_size),
+                 *(["--model-workers", str(args.model_workers)] if args.model_workers else [])]
         commands = {
-            "kakehashi": [str(Path(sys.executable).parent / "kakehashi-serve"),
-                          "--model-dir", str(model_dir), "--model-name", "mobilenetv2",
-                          "--host", "127.0.0.1", "--max-batch-size", str(args.max_batch_size),
-                          *(["--model-workers", str(args.model_workers)] if args.model_workers else [])],
+            "kakehashi": [*serve, "--batch-policy", "follow-load"],
+            "kakehashi-greedy": [*serve, "--batch-policy", "greedy"],
             "naive": [sys.executable, str(ROOT / "benchmarks" / "naive_server.py"),
                       "--model-dir", str(model_dir), "--host", "127.0.0.1"],
         }
@@ -222,7 +185,7 @@ def main() -> None:
                 for concurrency in levels:
                     point = measure(name, port, concurrency, args, work, script, payloads)
                     results.append(point)
-                    print(f"{name:10} c={concurrency:<3} {point['images_per_s']:7.1f} images/s "
+                    print(f"{name:16} c={concurrency:<3} {point['images_per_s']:7.1f} images/s "
                           f"({point['images_per_s'] / machine['limit']:.0%} of limit)  "
                           f"p50 {point['p50_ms']:8.1f} ms  p99 {point['p99_ms']:8.1f} ms  "
                           f"errors {point['errors']}", flush=True)
@@ -234,7 +197,8 @@ def main() -> None:
         "results": results,
         "machine": {"cpus": machine["cpus"], "ghz": machine["ghz"],
                     "flop_per_cycle": FLOP_PER_CYCLE, "gflop_per_image": GFLOP_PER_IMAGE},
-        "method": {"model": "keras.applications.MobileNetV2(weights=None), 224x224",
+        "method": {"model": "keras.applications.MobileNetV2(weights=None), 224x224; kakehashi: "
+                            "compiled (kakehashi compile), LiteRT",
                    "payload": "640x480 JPEG q90, JSON base64, 1 image per request",
                    "load": "wrk (separate process), closed loop",
                    "duration_s": args.duration, "warmup_s": args.warmup,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kakehashi_inference import __version__
-from kakehashi_inference.errors import install_handlers
+from kakehashi_inference.http_errors import install_handlers
 from kakehashi_inference.metrics import Metrics
 from kakehashi_inference.model import LoadedModel
 from kakehashi_inference.server import Server
@@ -63,10 +64,12 @@ class MetricsMiddleware:
             )
 
 
-def create_app(settings: Settings | None = None, model: LoadedModel | None = None) -> FastAPI:
-    """The server as an ASGI app. Without `model`, it loads in the background at start-up."""
+def create_app(settings: Settings | None = None, model: LoadedModel | None = None,
+               loading: Future[LoadedModel] | None = None) -> FastAPI:
+    """The server as an ASGI app. Without `model`, it loads in the background at start-up (or
+    waits for `loading`, a load the caller started earlier)."""
     settings = settings or Settings()
-    server = Server(settings, model)
+    server = Server(settings, model, loading)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

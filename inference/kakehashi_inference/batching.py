@@ -54,6 +54,7 @@ class Batcher:
         executor: Executor,
         metrics: Metrics,
         parallel: int = 1,
+        follow_load: bool = True,
     ) -> None:
         self._run = run
         self._max_batch_size = max(1, max_batch_size)
@@ -61,6 +62,7 @@ class Batcher:
         self._executor = executor
         self._metrics = metrics
         self._parallel = max(1, parallel)
+        self._follow_load = follow_load
         self._running: set[asyncio.Task[None]] = set()
         self._in_flight = 0  # images in batches that are running
         self._queue: asyncio.Queue[_Item] | None = None
@@ -134,8 +136,9 @@ class Batcher:
     def batch_size(self, queued: int) -> int:
         """How many of `queued` images the next batch takes: its fair share of the outstanding
         images per model slot (so no slot idles while another runs a wide batch), at least 1,
-        at most `max_batch_size`. `max_wait` batches wait for up to `max_batch_size`."""
-        if self._max_wait_s > 0:
+        at most `max_batch_size`. With `max_wait`, or the greedy policy, a batch takes up to
+        `max_batch_size` of what is there."""
+        if self._max_wait_s > 0 or not self._follow_load:
             return self._max_batch_size
         share = math.ceil((queued + self._in_flight) / self._parallel)
         return max(1, min(self._max_batch_size, share))

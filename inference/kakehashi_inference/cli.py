@@ -79,19 +79,25 @@ def main(**options: Any) -> None:
     A verified compiled model (`kakehashi compile`) runs on LiteRT without TensorFlow;
     otherwise the SavedModel runs on TensorFlow (the full image).
     """
-    import uvicorn
     from pydantic import ValidationError
 
     from kakehashi_inference import logs
-    from kakehashi_inference.app import create_app
 
     try:
         settings = Settings.from_env(**options)
     except ValidationError as error:
         raise click.UsageError(_first_errors(error)) from None
     logs.configure(settings.log_level)
+    # The model starts loading before the web stack is imported: the two overlap.
+    from kakehashi_inference.model import start_loading
+
+    loading = start_loading(settings)
+    import uvicorn
+
+    from kakehashi_inference.app import create_app
+
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, loading=loading),
         host=settings.host,
         port=settings.port,
         workers=1,

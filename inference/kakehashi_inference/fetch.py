@@ -14,9 +14,8 @@ import asyncio
 import ipaddress
 import socket
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
-
-import httpx
 
 from kakehashi.addresses import Allowlist, IPAddress, unmap, why_refused
 from kakehashi_inference.errors import (
@@ -27,6 +26,9 @@ from kakehashi_inference.errors import (
 )
 from kakehashi_inference.metrics import Metrics
 from kakehashi_inference.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -41,6 +43,10 @@ class Downloader:
 
     def _ensure(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         # Created on first use, inside the running loop (Lambda has no lifespan to do it).
+        # httpx is imported here, not at start: a server whose clients send no URLs never
+        # pays for it, and start-up (readiness) stays fast.
+        import httpx
+
         if self._client is None or self._semaphore is None:
             self._client = httpx.AsyncClient(
                 follow_redirects=False,  # each hop is checked by us
@@ -58,6 +64,8 @@ class Downloader:
 
     async def fetch(self, url: str, index: int) -> bytes:
         """The body at `url` (image `index` of the request), or a typed error naming it."""
+        import httpx
+
         client, semaphore = self._ensure()
         timeout = self._settings.download_timeout_s
         started = time.perf_counter()
@@ -75,6 +83,8 @@ class Downloader:
             self._metrics.stage_seconds.labels("download").observe(time.perf_counter() - started)
 
     async def _fetch(self, client: httpx.AsyncClient, url: str, index: int) -> bytes:
+        import httpx
+
         for _ in range(self._settings.max_redirects + 1):
             target, host = await self._check(url, index)
             request = client.build_request(
@@ -114,6 +124,8 @@ class Downloader:
 
     async def _check(self, url: str, index: int) -> tuple[httpx.URL, str]:
         """The URL to connect to (host replaced by a checked address), and its host name."""
+        import httpx
+
         try:
             parsed = httpx.URL(url)
         except httpx.InvalidURL as error:

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from kakehashi.modelformat import LABELS_FILE, MODEL_MANIFEST, SAVEDMODEL_DIR
 from kakehashi.modelformat.compiled import read_record, source_digest, why_unverified
+from kakehashi_inference.cgroup import cpu_threads
 from kakehashi_inference.errors import InvalidInput
 from kakehashi_inference.runtimes import (
     SERVING_SIGNATURE,
@@ -53,6 +56,7 @@ __all__ = [
     "check_inputs",
     "load_labels",
     "load_model",
+    "start_loading",
 ]
 
 
@@ -237,4 +241,19 @@ def check_inputs(signature: Signature, inputs: dict[str, Array]) -> None:
                 f"input {name!r} has shape {list(value.shape)}, "
                 f"the model takes {list(shape)} (-1: any size)"
             )
+
+
+def start_loading(settings: Settings) -> Future[LoadedModel]:
+    """Load the model on a thread now, while the caller goes on importing the web stack:
+    reading, verifying and building interpreters overlap the imports (readiness is sooner)."""
+    future: Future[LoadedModel] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(load_model(settings, settings.threads or cpu_threads()))
+        except BaseException as error:
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="kakehashi-load", daemon=True).start()
+    return future
 

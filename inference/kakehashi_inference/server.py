@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -48,8 +48,10 @@ M = TypeVar("M", bound=BaseModel)
 class Server:
     """Everything one serving process holds: settings, model, batcher, pools, metrics."""
 
-    def __init__(self, settings: Settings, model: LoadedModel | None = None) -> None:
+    def __init__(self, settings: Settings, model: LoadedModel | None = None,
+                 loading: Future[LoadedModel] | None = None) -> None:
         self.settings = settings
+        self._loading = loading  # a load already under way (started before the app imported)
         self.threads = settings.threads or cpu_threads()
         self.metrics = Metrics()
         self.downloader = Downloader(settings, self.metrics)
@@ -76,6 +78,7 @@ class Server:
                 executor=self.model_executor,
                 metrics=self.metrics,
                 parallel=model.parallel_calls,
+                follow_load=self.settings.batch_policy == "follow-load",
             )
         self.model = model
         self.metrics.model_info.info({
@@ -85,13 +88,17 @@ class Server:
             "threads": str(self.threads),
             "parallel_calls": str(model.parallel_calls),
             "max_batch_size": str(self.settings.max_batch_size),
+            "batch_policy": self.settings.batch_policy,
         })
         self.metrics.model_ready.set(1)
 
     async def load(self) -> None:
         """Load and warm up the model off the loop; readiness turns on only after this."""
         try:
-            model = await asyncio.to_thread(load_model, self.settings, self.threads)
+            if self._loading is not None:
+                model = await asyncio.wrap_future(self._loading)
+            else:
+                model = await asyncio.to_thread(load_model, self.settings, self.threads)
         except ModelLoadError as error:
             self.load_error = error.message
             log.error("Failed to load model", extra={
@@ -220,13 +227,15 @@ def parse_json(model: type[M], body: bytes | memoryview) -> M:
     """`body` as `model`: 400 if it is not UTF-8 JSON, 422 (400 on v2) if it does not fit.
     Runs on a CPU thread (a body can be tens of MiB). Errors never carry the body."""
     try:
-        bytes(body).decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InvalidInput(f"the body is not UTF-8 (byte {error.start}): send UTF-8 JSON") from None
-    try:
         return model.model_validate_json(bytes(body))
     except ValidationError as error:
         errors = error.errors(include_url=False, include_input=False, include_context=False)
-        if any(item["type"] == "json_invalid" for item in errors):
-            raise InvalidInput(f"the body is not valid JSON: {errors[0]['msg']}") from None
-        raise InvalidRequest(summarize(errors)) from None
+    if any(item["type"] == "json_invalid" for item in errors):
+        try:
+            bytes(body).decode("utf-8")
+        except UnicodeDecodeError as undecodable:
+            raise InvalidInput(
+                f"the body is not UTF-8 (byte {undecodable.start}): send UTF-8 JSON"
+            ) from None
+        raise InvalidInput(f"the body is not valid JSON: {errors[0]['msg']}")
+    raise InvalidRequest(summarize(errors))

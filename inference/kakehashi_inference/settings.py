@@ -20,6 +20,7 @@ ENV_PREFIX = "KAKEHASHI_"
 MODELS_ROOT = Path("/models")
 
 Runtime = Literal["auto", "compiled", "convert", "savedmodel"]
+BatchPolicy = Literal["follow-load", "greedy"]
 Preprocess = Literal["tf", "unit", "raw"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=16, ge=1, description=(
         "Most images one model call takes. Batches are also never larger than what keeps "
         "every model worker busy (queued images / workers), so on many cores batches stay small"))
+    batch_policy: BatchPolicy = Field(default="follow-load", description=(
+        "follow-load: a batch takes its share of the outstanding images per model worker; "
+        "greedy: everything queued, up to the maximum (one worker may run 16 while others idle)"))
     max_wait_ms: float = Field(default=0.0, ge=0, description=(
         "How long the first queued image waits for company; on CPU 0 is best: the queue fills "
         "while the previous batch runs"))

@@ -180,6 +180,13 @@ def test_batch_size_follows_the_load(parallel: int, queued: int, in_flight: int,
     assert batcher.batch_size(queued) == expected
 
 
+def test_the_greedy_policy_takes_everything_queued_up_to_the_maximum() -> None:
+    batcher = Batcher(SlowModel(), max_batch_size=16, max_wait_s=0,
+                      executor=ThreadPoolExecutor(1), metrics=Metrics(), parallel=16,
+                      follow_load=False)
+    assert batcher.batch_size(32) == 16
+
+
 def test_many_slots_share_a_burst_instead_of_one_taking_it_all() -> None:
     model = SlowModel(seconds=0.05)
     asyncio.run(submit_all(make_batcher(model, max_batch_size=16, parallel=8),

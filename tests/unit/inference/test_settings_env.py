@@ -31,7 +31,7 @@ def test_cli_flags_override_the_environment(
 ) -> None:
     captured: dict[str, Any] = {}
 
-    def fake_create_app(settings: Settings) -> str:
+    def fake_create_app(settings: Settings, **_: Any) -> str:
         captured["settings"] = settings
         return "app"
 
@@ -61,7 +61,7 @@ def test_every_setting_reads_its_environment_variable_and_its_flag(
     assert settings.allow_digest_mismatch and settings.runtime == "compiled"
     assert settings.url_allowlist == ("10.0.0.0/8", "images.internal")
     captured: dict[str, Any] = {}
-    monkeypatch.setattr(app_module, "create_app", lambda s: captured.setdefault("settings", s))
+    monkeypatch.setattr(app_module, "create_app", lambda s, **_: captured.setdefault("settings", s))
     monkeypatch.setattr("kakehashi_inference.logs.configure", lambda level: None)
     monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: captured.update(kwargs))
     result = CliRunner().invoke(main, ["--no-allow-digest-mismatch", "--runtime", "savedmodel",
