@@ -170,13 +170,13 @@ def api_gateway_event(work: Path) -> Path:
     return path
 
 
-def lambda_init(model_dir: Path, event: Path, runs: int) -> dict[str, Any]:
+def lambda_init(python: str, model_dir: Path, event: Path, runs: int) -> dict[str, Any]:
     env = {**os.environ, "AWS_LAMBDA_FUNCTION_NAME": "kakehashi-bench",
            "KAKEHASHI_MODEL_DIR": str(model_dir), "KAKEHASHI_MODEL_NAME": "mobilenetv2",
            "KAKEHASHI_RUNTIME": "compiled", "KAKEHASHI_LOG_LEVEL": "warning"}
     inits, calls = [], []
     for _ in range(runs):
-        result = subprocess.run([sys.executable, "-c", LAMBDA_INIT, str(event)], env=env,
+        result = subprocess.run([python, "-c", LAMBDA_INIT, str(event)], env=env,
                                 capture_output=True, text=True, timeout=300, check=False)
         if result.returncode != 0:
             raise RuntimeError(result.stderr[-3000:])
@@ -196,6 +196,9 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=5, help="starts per path")
     parser.add_argument("--paths", default="compiled,convert_at_start,download_at_start")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--light-venv", type=Path,
+                        help="a virtualenv with only kakehashi[serve] (no TensorFlow), as in the "
+                        "light image: the compiled paths run its kakehashi-serve")
     args = parser.parse_args()
     paths = args.paths.split(",")
 
@@ -215,6 +218,7 @@ def main() -> None:
             minio, endpoint = start_minio(work / "minio-data", work / "minio.log")
             upload(endpoint, compiled, "mobilenetv2/")
         serve = str(BIN / "kakehashi-serve")
+        light = str(args.light_venv / "bin" / "kakehashi-serve") if args.light_venv else serve
         times: dict[str, list[float]] = {path: [] for path in paths}
         rss: dict[str, list[float]] = {path: [] for path in paths}
         try:
@@ -225,7 +229,7 @@ def main() -> None:
                               "--port", str(port), "--log-level", "warning"]
                     env: dict[str, str] = {}
                     if path == "compiled":
-                        command = [serve, "--model-dir", str(compiled), "--runtime", "compiled",
+                        command = [light, "--model-dir", str(compiled), "--runtime", "compiled",
                                    *common]
                     elif path == "convert_at_start":
                         command = [serve, "--model-dir", str(uncompiled), "--runtime", "convert",
@@ -234,7 +238,7 @@ def main() -> None:
                         target = work / f"download-{attempt}"
                         fetch = [sys.executable, "-c", DOWNLOAD, endpoint, BUCKET,
                                  "mobilenetv2/", str(target)]
-                        serving = [serve, "--model-dir", str(target), "--runtime", "compiled",
+                        serving = [light, "--model-dir", str(target), "--runtime", "compiled",
                                    *common]
                         # Two processes, one after the other, like an init container and then
                         # the server container; `exec` keeps the server's pid for its RSS.
@@ -248,7 +252,8 @@ def main() -> None:
                     print(f"{path:18} start {attempt + 1}: ready in {ready:6.2f} s, "
                           f"RSS {memory:6.0f} MiB", flush=True)
             event = api_gateway_event(work)
-            lambda_result = lambda_init(compiled, event, args.starts)
+            python = str(args.light_venv / "bin" / "python") if args.light_venv else sys.executable
+            lambda_result = lambda_init(python, compiled, event, args.starts)
         finally:
             if minio is not None:
                 stop(minio)
@@ -273,6 +278,8 @@ def main() -> None:
             "lambda": "import of kakehashi_inference.lambda_handler (model load included, as "
                       "in Lambda's init phase) measured inside the process, then one call",
             "cpus": len(os.sched_getaffinity(0)),
+            "compiled_paths_python": "a virtualenv with only kakehashi[serve], no TensorFlow"
+                                     if args.light_venv else "the development virtualenv",
         },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,8 @@ class Settings(BaseSettings):
 
     model_name: str = Field(default="model", description="Name in /v2/models/{name} and metrics; "
                             "also names the default model directory")
-    model_dir: Path | None = Field(default=None, description="Directory with savedmodel/, compiled/ and "
-                                   "labels.json (default: /models/<model-name>)")
+    model_dir: Path | None = Field(
+        default=None, description="Directory with savedmodel/, compiled/ and labels.json")
     host: str = Field(default="0.0.0.0", description="Address to listen on")
     port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on")
     max_batch_size: int = Field(default=16, ge=1, description=(

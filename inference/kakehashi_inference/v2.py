@@ -273,20 +273,22 @@ def _to_array(tensor: V2Tensor, expected: TensorInfo | None, allow_non_finite: b
         raise InvalidInput(f"input {tensor.name!r} has neither data nor binary_data_size")
     try:
         values = np.asarray(tensor.data)
-        if dtype.kind in "iu" and values.dtype.kind == "f":
-            if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-                raise InvalidInput(f"input {tensor.name!r} is {tensor.datatype}: its data holds "
-                                   "numbers that are not integers")
-        if dtype.kind in "iub" and values.dtype.kind not in "iufb":
-            raise ValueError(f"data of kind {values.dtype} is not numeric")
-        with np.errstate(over="ignore", invalid="ignore"):
-            array = np.asarray(tensor.data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as error:
+    except (TypeError, ValueError) as error:  # ragged nesting
         raise InvalidInput(f"input {tensor.name!r}: {error}") from None
-    if dtype.kind in "iu" and values.size and values.dtype.kind in "iu":
+    allowed = {"f": "iuf", "i": "iuf", "u": "iuf", "b": "b"}[dtype.kind]
+    if values.size and values.dtype.kind not in allowed:
+        what = "true/false" if values.dtype.kind == "b" else "values that are not numbers"
+        raise InvalidInput(f"input {tensor.name!r} is {tensor.datatype}: its data holds {what}")
+    if dtype.kind in "iu" and values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise InvalidInput(f"input {tensor.name!r} is {tensor.datatype}: its data holds "
+                               "numbers that are not integers")
+    if dtype.kind in "iu" and values.size:
         info = np.iinfo(dtype)
         if values.min() < info.min or values.max() > info.max:
             raise InvalidInput(f"input {tensor.name!r}: values out of the {tensor.datatype} range")
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = values.astype(dtype)
     _check_finite(tensor.name, array, allow_non_finite)
     if array.size != math.prod(tensor.shape):
         raise InvalidInput(

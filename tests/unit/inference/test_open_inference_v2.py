@@ -223,6 +223,19 @@ def test_int32_data_for_an_fp32_input_is_refused(tabular: TestClient) -> None:
     assert "is FP32, the request says INT32" in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(["1", "2", "3", "4"], "not numbers"), ([True, False, True, False], "true/false")],
+)
+def test_json_tensor_data_of_another_kind_is_refused(
+    tabular: TestClient, data: list[object], message: str
+) -> None:
+    request = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", "data": data}]}
+    response = tabular.post("/v2/models/tabular/infer", json=request)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
 def test_json_tensor_values_out_of_range_are_refused(tabular: TestClient) -> None:
     request = {"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
                            "data": [1, 2, 3, 1e39]}]}

@@ -77,3 +77,10 @@ def test_invalid_values_are_refused_naming_the_setting(monkeypatch: pytest.Monke
     assert result.exit_code == 2 and "max_batch_size" in result.output
     result = CliRunner().invoke(main, ["--runtime", "gpu"])
     assert result.exit_code == 2 and "gpu" in result.output
+
+
+def test_other_kakehashi_variables_in_the_pod_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The operator hands pods variables of its own (KAKEHASHI_S3_ENDPOINT ...): not errors here.
+    monkeypatch.setenv("KAKEHASHI_S3_ENDPOINT", "http://minio:9000")
+    monkeypatch.setenv("KAKEHASHI_PORT", "9001")
+    assert Settings().port == 9001
