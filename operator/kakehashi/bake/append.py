@@ -221,8 +221,9 @@ class Appender:
         repository = self.target_ref.repository
         self.target.push_blob(repository, new_config)
         if self.layer.digest not in self._ensured:
-            outcome = self.target.push_blob_file(repository, self.layer.path, self.layer.digest,
-                                                 self.layer.size, progress=self.say)
+            outcome = self.target.push_blob_stream(repository, self.layer.digest,
+                                                   self.layer.size, self.layer.open,
+                                                   progress=self.say)
             self._ensured.add(self.layer.digest)
             self.say(f"Model layer {self.layer.digest[:19]}… ({self.layer.size / 1e6:.1f} MB):"
                      f" {outcome}")

@@ -27,7 +27,7 @@ from kakehashi.bake.append import AppendResult, append_layer
 from kakehashi.bake.layer import Compression, model_layer
 from kakehashi.bake.registry import CredentialProvider, Credentials, Reference, Registry
 from kakehashi.modelformat import COMPILED_DIR, MODEL_MANIFEST, ModelArtifact
-from kakehashi.modelformat.compiled import read_record, source_digest, why_unverified
+from kakehashi.modelformat.compiled import read_record, why_unverified
 
 Progress = Callable[[str], None]
 
@@ -239,11 +239,16 @@ def bake(model: str | Path, base_image: str, target_repository: str, *, service:
     work.mkdir(parents=True, exist_ok=True)
     clients: dict[str, Registry] = dict(registries or {})
     opened: list[Registry] = []
+    cleanup: list[Callable[[], None]] = []
     try:
         from_s3 = isinstance(model, str) and model.startswith("s3://")
         model_dir = _fetch(str(model), work, s3_client, say) if from_s3 else Path(model)
         artifact = _read_artifact(model_dir)
-        digest = source_digest(model_dir)
+        # One pass over the model: the layer's digests and the model's content digest.
+        layer = model_layer(model_dir, model_name, output_dir=work, compression=compression,
+                            progress=say)
+        cleanup.append(layer.remove)
+        digest = layer.model_digest
         claimed = expected_digest or (artifact.digest if artifact else None)
         if verify_digest and claimed and claimed != digest:
             raise BakeError(f"the model files digest to {digest}, not {claimed} as recorded: "
@@ -251,8 +256,13 @@ def bake(model: str | Path, base_image: str, target_repository: str, *, service:
                             reason="ModelDigestMismatch")
         say(f"Model {model_name}: {digest}")
         compiled, why, compiled_now = ensure_compiled(model_dir, digest, compile_hook, say)
-        if compiled_now and from_s3 and write_back:
-            _write_back(str(model), model_dir, s3_client, say)
+        if compiled_now:  # compiled/ is new: the layer holds it too
+            layer.remove()
+            layer = model_layer(model_dir, model_name, output_dir=work,
+                                compression=compression, progress=say)
+            cleanup.append(layer.remove)
+            if from_s3 and write_back:
+                _write_back(str(model), model_dir, s3_client, say)
 
         base = Reference.parse(base_image)
         target = Reference.parse(f"{target_repository}:{tag or image_tag(service, digest)}")
@@ -270,21 +280,15 @@ def bake(model: str | Path, base_image: str, target_repository: str, *, service:
         before_source = (source_client.stats.bytes_uploaded
                          if source_client is not target_client else 0)
 
-        layer = model_layer(model_dir, model_name, output_dir=work, compression=compression,
-                            progress=say)
-        try:
-            all_labels = lineage_labels(model_name=model_name, model_digest=digest,
-                                        artifact=artifact, training_run=training_run,
-                                        metrics=metrics, source=source, revision=revision,
-                                        compiled=compiled, extra=labels)
-            result: AppendResult = append_layer(
-                source_client, target_client, base, target, layer, labels=all_labels,
-                env={MODEL_NAME_ENV: model_name},
-                created_by=f"kakehashi bake: COPY model {model_name} {digest} "
-                           f"{layer.root}/",
-                comment="kakehashi.dev", progress=say)
-        finally:
-            layer.path.unlink(missing_ok=True)
+        all_labels = lineage_labels(model_name=model_name, model_digest=digest,
+                                    artifact=artifact, training_run=training_run,
+                                    metrics=metrics, source=source, revision=revision,
+                                    compiled=compiled, extra=labels)
+        result: AppendResult = append_layer(
+            source_client, target_client, base, target, layer, labels=all_labels,
+            env={MODEL_NAME_ENV: model_name},
+            created_by=f"kakehashi bake: COPY model {model_name} {digest} {layer.root}/",
+            comment="kakehashi.dev", progress=say)
         uploaded = target_client.stats.bytes_uploaded - before
         if source_client is not target_client:
             uploaded += source_client.stats.bytes_uploaded - before_source
@@ -299,6 +303,8 @@ def bake(model: str | Path, base_image: str, target_repository: str, *, service:
             platforms=[{"platform": p.platform, "digest": p.digest} for p in result.platforms],
             labels=all_labels, stats=target_client.stats.as_dict())
     finally:
+        for undo in cleanup:
+            undo()
         for opened_client in opened:
             opened_client.close()
         if own_workdir:

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -341,24 +342,44 @@ class _Auth:
         return entry
 
 
-class _FileChunk:
-    """`size` bytes of `path` from `offset`, read as httpx sends them, hashed for nothing."""
+Opener = Callable[[int], Iterator[bytes]]
+"""The bytes of a blob from an offset on: a file read from there, or a stream generated anew."""
 
-    def __init__(self, path: Path, offset: int, size: int, on_bytes: Callable[[int], None]
-                 ) -> None:
-        self.path, self.offset, self.size, self.on_bytes = path, offset, size, on_bytes
 
-    def __iter__(self) -> Iterator[bytes]:
-        with self.path.open("rb") as stream:
-            stream.seek(self.offset)
-            left = self.size
-            while left > 0:
-                data = stream.read(min(_READ * 4, left))
-                if not data:
-                    raise RegistryError(f"{self.path} shrank while it was being uploaded")
-                left -= len(data)
-                self.on_bytes(len(data))
+def file_opener(path: Path) -> Opener:
+    def open_at(offset: int) -> Iterator[bytes]:
+        with path.open("rb") as stream:
+            stream.seek(offset)
+            while data := stream.read(_READ * 4):
                 yield data
+
+    return open_at
+
+
+class _Source:
+    """Hands out consecutive byte ranges of a blob as request bodies, reopening it only when
+    a range is asked for again (a retried request) or out of order."""
+
+    def __init__(self, opener: Opener, on_bytes: Callable[[int], None]) -> None:
+        self.opener, self.on_bytes = opener, on_bytes
+        self.stream: Iterator[bytes] | None = None
+        self.position = 0
+        self.pending = b""
+
+    def body(self, start: int, length: int) -> Iterator[bytes]:
+        if self.stream is None or start != self.position:
+            self.stream, self.position, self.pending = self.opener(start), start, b""
+        left = length
+        while left > 0:
+            data = self.pending or next(self.stream, b"")
+            if not data:
+                raise RegistryError("the blob ended before its recorded size: it changed "
+                                    "while it was being uploaded")
+            piece, self.pending = data[:left], data[left:]
+            left -= len(piece)
+            self.position += len(piece)
+            self.on_bytes(len(piece))
+            yield piece
 
 
 class Registry:
@@ -389,7 +410,8 @@ class Registry:
             provider = credentials
         self._auth = _Auth(self, provider)
         if client is None:
-            counting = _Counting(transport or httpx.HTTPTransport(retries=0), self.stats)
+            inner = transport or httpx.HTTPTransport(retries=0, verify=_tls_context())
+            counting = _Counting(inner, self.stats)
             client = httpx.Client(transport=counting, timeout=httpx.Timeout(timeout,
                                   connect=10.0), follow_redirects=False)
         self._client = client
@@ -523,10 +545,18 @@ class Registry:
     def push_blob_file(self, repository: str, path: Path, digest: str | None = None,
                        size: int | None = None, *, mount_from: tuple[str, ...] = (),
                        progress: Progress | None = None) -> str:
-        """Make `repository` hold the blob in `path`; return "present", "mounted" or
-        "uploaded". Never reads the whole file into memory."""
+        """Make `repository` hold the blob in `path` (see `push_blob_stream`)."""
         if digest is None or size is None:
             digest, size = file_digest(path)
+        return self.push_blob_stream(repository, digest, size, file_opener(path),
+                                     mount_from=mount_from, progress=progress)
+
+    def push_blob_stream(self, repository: str, digest: str, size: int, opener: Opener, *,
+                         mount_from: tuple[str, ...] = (), progress: Progress | None = None
+                         ) -> str:
+        """Make `repository` hold the blob `opener` yields; return "present", "mounted" or
+        "uploaded". HEAD first, then a mount from `mount_from`, then a chunked upload, the
+        chunks streamed from `opener` (never the whole blob in memory)."""
         if self.blob_exists(repository, digest):
             self.stats.add("blobs_skipped")
             return "present"
@@ -540,7 +570,7 @@ class Registry:
             break
         for restart in range(self.retries + 1):
             try:
-                self._upload(repository, location or self._start_upload(repository), path,
+                self._upload(repository, location or self._start_upload(repository), opener,
                              digest, size, progress)
                 self.stats.add("blobs_uploaded")
                 return "uploaded"
@@ -554,7 +584,7 @@ class Registry:
                 self._sleep(self.backoff.delay(restart + 1))
         raise AssertionError("unreachable")
 
-    def _upload(self, repository: str, location: str, path: Path, digest: str, size: int,
+    def _upload(self, repository: str, location: str, opener: Opener, digest: str, size: int,
                 progress: Progress | None) -> None:
         scopes = _scopes(repository, True)
         offset, sent, last_report = 0, 0, time.monotonic()
@@ -566,15 +596,15 @@ class Registry:
                 last_report = time.monotonic()
                 progress(f"  {digest[:19]}…: {sent / 1e6:.0f}/{size / 1e6:.0f} MB")
 
+        source = _Source(opener, on_bytes)
         while offset < size:
             length = min(self.chunk_size, size - offset)
-            start = offset
             response = self.send(
                 "PATCH", location, scopes=scopes, retry=False,
                 headers={"Content-Type": "application/octet-stream",
-                         "Content-Range": f"{start}-{start + length - 1}",
+                         "Content-Range": f"{offset}-{offset + length - 1}",
                          "Content-Length": str(length)},
-                content=functools.partial(_FileChunk, path, start, length, on_bytes),
+                content=functools.partial(source.body, offset, length),
                 what=f"upload {digest[:19]}… to {repository}")
             self._check(response, f"upload chunk of {digest} to {repository}", 202)
             location = self._absolute(response.headers.get("Location", location))
@@ -584,6 +614,10 @@ class Registry:
         response = self.send("PUT", str(url), scopes=scopes, retry=False,
                              headers={"Content-Length": "0"},
                              what=f"finish upload of {digest[:19]}… to {repository}")
+        if response.status_code == 400 and "DIGEST_INVALID" in _text(response):
+            raise RegistryError(f"the registry received other bytes than {digest}: the blob "
+                                "changed while it was being uploaded", reason="BlobChanged",
+                                status=400)
         self._check(response, f"finish upload of {digest} to {repository}", 201)
 
     def push_blob(self, repository: str, data: bytes) -> str:
@@ -725,6 +759,13 @@ class Registry:
         self._check(response, f"list tags of {repository}", 200)
         tags: list[str] = response.json().get("tags") or []
         return tags
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process: loading the CA bundle takes ~80 ms, which
+    every new client would otherwise pay again."""
+    return httpx.create_ssl_context()
 
 
 def _basic(creds: Credentials) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import tarfile
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kakehashi.bake.layer import LayerError, model_layer
+from kakehashi.bake.layer import LayerError, layer_entries, model_layer
 
 FILES = {
     "savedmodel/saved_model.pb": b"graph" * 1000,
@@ -22,8 +23,16 @@ FILES = {
 }
 
 
-def _sha(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _bytes(layer: Any) -> bytes:
+    return b"".join(layer.open())
+
+
+def _tar(layer: Any) -> tarfile.TarFile:
+    return tarfile.open(fileobj=io.BytesIO(_bytes(layer)))
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
@@ -40,15 +49,17 @@ def test_same_model_same_digests_whatever_the_mtimes_order_and_modes(
     a = model_layer(first, "digits", compression=compression, output_dir=tmp_path)
     b = model_layer(second, "digits", compression=compression, output_dir=tmp_path)
     assert (a.digest, a.diff_id, a.size) == (b.digest, b.diff_id, b.size)
-    assert a.path.read_bytes() == b.path.read_bytes()
-    # The digests are those of the bytes written, computed while writing.
-    assert _sha(a.path) == a.digest and a.size == a.path.stat().st_size
+    assert _bytes(a) == _bytes(b)
+    # The digests are those of the bytes pushed, computed in the one pass.
+    assert _sha(_bytes(a)) == a.digest and a.size == len(_bytes(a))
     if compression == "gzip":
-        assert "sha256:" + hashlib.sha256(gzip.decompress(a.path.read_bytes())).hexdigest() \
-            == a.diff_id
-        assert a.path.read_bytes()[4:8] == b"\0\0\0\0"  # mtime 0 in the gzip header
+        assert a.path is not None and a.path.exists()
+        assert _sha(gzip.decompress(_bytes(a))) == a.diff_id
+        assert _bytes(a)[4:8] == b"\0\0\0\0"  # mtime 0 in the gzip header
+        a.remove()
+        assert not a.path.exists()
     else:
-        assert a.digest == a.diff_id
+        assert a.path is None and a.digest == a.diff_id
 
 
 def test_other_bytes_or_names_other_digest(make_model: Any, tmp_path: Path) -> None:
@@ -66,7 +77,7 @@ def test_other_bytes_or_names_other_digest(make_model: Any, tmp_path: Path) -> N
 def test_entries_are_sorted_owned_by_the_serving_user_with_fixed_modes(
         make_model: Any, tmp_path: Path) -> None:
     layer = model_layer(make_model(FILES), "digits", output_dir=tmp_path)
-    with tarfile.open(layer.path) as tar:
+    with _tar(layer) as tar:
         members = tar.getmembers()
         names = [m.name for m in members]
         assert names == [
@@ -97,7 +108,7 @@ def test_long_and_unicode_names_stay_reproducible(make_model: Any, tmp_path: Pat
     a = model_layer(make_model(files, name="a"), "m", output_dir=tmp_path)
     b = model_layer(make_model(files, name="b"), "m", output_dir=tmp_path)
     assert a.digest == b.digest
-    with tarfile.open(a.path) as tar:
+    with _tar(a) as tar:
         assert sorted(tar.getnames())[-1].endswith("ラベル.json")
 
 
@@ -121,3 +132,48 @@ def test_a_symlink_counts_as_the_file_it_names(make_model: Any, tmp_path: Path) 
     (linked / "w.bin").symlink_to(tmp_path / "elsewhere.bin")
     assert model_layer(plain, "m", output_dir=tmp_path).digest == \
         model_layer(linked, "m", output_dir=tmp_path).digest
+
+
+def test_the_generated_stream_is_what_tarfile_writes(make_model: Any, tmp_path: Path) -> None:
+    files = dict(FILES, **{"d/" + "y" * 120 + ".bin": b"long", "ラベル.txt": b"u"})
+    model = make_model(files)
+    layer = model_layer(model, "digits")
+    written = io.BytesIO()
+    with tarfile.open(fileobj=written, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in layer_entries(model, name="digits"):
+            if entry.source is None:
+                tar.addfile(entry.info)
+            else:
+                with entry.source.open("rb") as stream:
+                    tar.addfile(entry.info, stream)
+    assert _bytes(layer) == written.getvalue()
+
+
+def test_the_stream_restarts_at_any_offset(make_model: Any) -> None:
+    layer = model_layer(make_model(FILES), "digits")
+    whole = _bytes(layer)
+    for offset in (0, 1, 511, 512, 1500, 4096, 300_000, len(whole) - 1, len(whole)):
+        assert b"".join(layer.open(offset)) == whole[offset:], offset
+
+
+def test_spooled_layer_is_the_same_bytes(make_model: Any, tmp_path: Path) -> None:
+    model = make_model(FILES)
+    streamed = model_layer(model, "digits")
+    spooled = model_layer(model, "digits", spool=True, output_dir=tmp_path)
+    assert spooled.path is not None and spooled.path.read_bytes() == _bytes(streamed)
+    assert (spooled.digest, spooled.size) == (streamed.digest, streamed.size)
+    assert b"".join(spooled.open(1000)) == _bytes(streamed)[1000:]
+
+
+def test_the_model_digest_comes_from_the_same_pass(make_model: Any) -> None:
+    from kakehashi.modelformat import content_digest
+    from kakehashi.modelformat.compiled import source_digest
+
+    files = {k: v for k, v in FILES.items() if k != "model.json"}
+    model = make_model(files)
+    assert model_layer(model, "m").model_digest == source_digest(model) == content_digest(model)
+    (model / "model.json").write_text("{}")
+    (model / "compiled").mkdir()
+    (model / "compiled" / "record.json").write_text("{}")
+    (model / "compiled" / "x.tflite").write_bytes(b"flat")
+    assert model_layer(model, "m").model_digest == source_digest(model)

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -215,3 +216,28 @@ def test_ecr_credentials_from_get_authorization_token() -> None:
     assert creds.expires_at is not None
     with pytest.raises(ValueError):
         ecr_credentials("registry.example")
+
+
+def test_a_generated_blob_is_regenerated_for_a_retried_upload(fake: FakeRegistry,
+                                                              make_model: Any) -> None:
+    """The second chunk fails after the registry read it: the upload starts over, and the
+    layer's stream is reopened at the offset asked for, not continued."""
+    from kakehashi.bake.layer import model_layer
+
+    layer = model_layer(make_model({"w.bin": bytes(range(256)) * 100}), "m")
+    patches = {"n": 0}
+
+    def fail_second_patch(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "PATCH":
+            patches["n"] += 1
+            if patches["n"] == 2:
+                request.read()
+                return httpx.Response(502, text="bad gateway")
+        return None
+
+    fake.fail.append(fail_second_patch)
+    registry = fake.client(chunk_size=8192)
+    assert registry.push_blob_stream("apps/x", layer.digest, layer.size, layer.open) \
+        == "uploaded"
+    assert fake.blobs["apps/x"][layer.digest] == b"".join(layer.open())
+    assert registry.stats.retries == 1
