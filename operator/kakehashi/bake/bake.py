@@ -178,6 +178,7 @@ def _fetch(model: str, workdir: Path, s3_client: Any, progress: Progress) -> Pat
 
         s3_client = boto3.client("s3")
     started = time.monotonic()
+    shutil.rmtree(workdir / "model", ignore_errors=True)  # never files of an earlier download
     destination = download_directory(s3_client, model, workdir / "model")
     size = sum(p.stat().st_size for p in destination.rglob("*") if p.is_file())
     progress(f"Model: downloaded {model} ({size / 1e6:.1f} MB) in "

@@ -19,10 +19,11 @@
 Why not a library: oras-py 0.2.43 always sends the OCI manifest media type (a Docker base
 cannot be re-pushed as it is) and buffers uploads; olot 1.2.1 edits a local OCI layout and
 converts Docker manifests to OCI (the base's manifest type and digest lineage would change);
-python-dxf 12.1.1 has push, mount and per-manifest media types but no chunked upload from a
-file with resumable retries, no ECR and no retry policy, and adds a dependency the operator
-image does not need. What is needed here is about 500 lines over httpx, which the operator
-extra already installs.
+python-dxf 12.1.1 fits the protocol (push, mount, each manifest's own media type) but brings
+requests and jwcrypto into the bake image beside httpx, has no ECR token source, and retries
+nothing by our temporary/permanent rules; restarting a failed chunk from a generated (never
+written) layer stream, which is what makes the append fast here, would sit outside it anyway.
+What baking needs is a few hundred lines over httpx, which the operator extra already has.
 """
 
 from __future__ import annotations
@@ -384,7 +385,7 @@ class _Source:
 
 class Registry:
     """One registry: `Registry("127.0.0.1:5000")` (plain HTTP on loopback) or a host name
-    (HTTPS unless `insecure`). Thread-safe for concurrent blob uploads."""
+    (HTTPS unless `insecure`). `stats` counts every request body byte sent, retries included."""
 
     def __init__(self, address: str, *, credentials: Credentials | CredentialProvider | None
                  = None, insecure: bool | None = None, client: httpx.Client | None = None,
