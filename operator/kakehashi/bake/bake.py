@@ -74,6 +74,14 @@ class BakeResult:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """The few fields the operator reads back, small enough for a termination message
+        (Kubernetes keeps 4096 bytes of it)."""
+        return {"image": self.image, "tag": self.tag, "digest": self.digest,
+                "modelDigest": self.model_digest, "layerDigest": self.layer_digest,
+                "bytesUploaded": self.bytes_uploaded, "compiled": self.compiled,
+                "seconds": self.seconds}
+
 
 # -- compile hook ----------------------------------------------------------------------------
 
@@ -276,7 +284,9 @@ def bake(model: str | Path, base_image: str, target_repository: str, *, service:
             return clients[host]
 
         target_client = client(target.registry, credentials)
-        source_client = client(base.registry, base_credentials or credentials)
+        # The target's credentials never go to another registry the base comes from.
+        source_client = client(base.registry, base_credentials or (
+            credentials if base.registry == target.registry else None))
         before = target_client.stats.bytes_uploaded
         before_source = (source_client.stats.bytes_uploaded
                          if source_client is not target_client else 0)

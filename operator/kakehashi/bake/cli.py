@@ -1,14 +1,22 @@
 """`kakehashi bake`: the bake Job's command (wired into `kakehashi.cli` as `main.add_command`).
 
-Progress goes to stderr, one line per step; the result is one JSON object on stdout (and in
-`--result FILE`, for a Job's termination message), so the operator reads the image digest
-without parsing prose. Exit codes: 0 baked, 2 the model cannot be baked (permanent), 3 the
-registry was unreachable or failing (temporary: running the Job again resumes).
+Progress goes to stderr, one line per step; the result is one JSON object on stdout, and a
+short one (`image`, `modelDigest`, `bytesUploaded`, ...; or `{"error": {"reason", "message",
+"temporary"}}`) in `--result FILE`, under the 4096 bytes Kubernetes keeps of a termination
+message, so the operator reads the image digest without parsing prose. Exit codes: 0 baked,
+2 the model cannot be baked (permanent), 3 the registry was unreachable or failing (temporary:
+running the Job again resumes from the blobs already pushed).
+
+Registry credentials for the target registry: KAKEHASHI_REGISTRY_USERNAME and
+KAKEHASHI_REGISTRY_PASSWORD (a Secret's keys), else a Docker config.json ($DOCKER_CONFIG), else
+an ECR token for an ECR host, else anonymous. KAKEHASHI_REGISTRY_INSECURE=true speaks plain
+HTTP to registries that are not on loopback (the dev environment's).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +66,7 @@ def bake_command(model: str, base_image: str, repository: str, service: str, mod
     reproducible layer through the registry API; print the pushed image's digest as JSON."""
     from kakehashi.bake.bake import BakeError, bake, compile_with_tensorflow
     from kakehashi.bake.layer import LayerError
-    from kakehashi.bake.registry import RegistryError
+    from kakehashi.bake.registry import Credentials, RegistryError
 
     labels = {}
     for item in extra_labels:
@@ -73,6 +81,9 @@ def bake_command(model: str, base_image: str, repository: str, service: str, mod
         except (ValueError, AttributeError, TypeError) as error:
             raise click.BadParameter(f"not a JSON object of numbers: {error}",
                                      param_hint="--metrics") from None
+    username = os.environ.get("KAKEHASHI_REGISTRY_USERNAME")
+    credentials = (Credentials(username, os.environ.get("KAKEHASHI_REGISTRY_PASSWORD", ""))
+                   if username else None)
     try:
         result = bake(model if model.startswith("s3://") else Path(model), base_image,
                       repository, service=service, model_name=model_name, tag=tag,
@@ -81,22 +92,22 @@ def bake_command(model: str, base_image: str, repository: str, service: str, mod
                       verify_digest=not no_verify,
                       compile_hook=None if no_compile else compile_with_tensorflow,
                       compression="gzip" if compression == "gzip" else "none",
-                      insecure=True if insecure else None, workdir=workdir, progress=_say)
+                      insecure=True if insecure else None, credentials=credentials,
+                      workdir=workdir, progress=_say)
     except (BakeError, LayerError, ValueError) as error:
         _fail(result_file, getattr(error, "reason", "BakeFailed"), str(error), temporary=False)
         sys.exit(2)
     except RegistryError as error:
         _fail(result_file, error.reason, str(error), temporary=error.temporary)
         sys.exit(3 if error.temporary else 2)
-    text = json.dumps(result.as_dict(), sort_keys=True)
     if result_file is not None:
-        result_file.write_text(text + "\n")
-    click.echo(text)
+        result_file.write_text(json.dumps(result.summary(), sort_keys=True) + "\n")
+    click.echo(json.dumps(result.as_dict(), sort_keys=True))
 
 
 def _fail(result_file: Path | None, reason: str, message: str, *, temporary: bool) -> None:
     _say(f"Bake failed ({reason}): {message}")
-    text = json.dumps({"error": {"reason": reason, "message": message,
+    text = json.dumps({"error": {"reason": reason, "message": message[:3000],
                                  "temporary": temporary}}, sort_keys=True)
     if result_file is not None:
         result_file.write_text(text + "\n")
