@@ -201,6 +201,7 @@ def main() -> None:
                         "light image: the compiled paths run its kakehashi-serve")
     args = parser.parse_args()
     paths = args.paths.split(",")
+    load_before = os.getloadavg()[0]
 
     from kakehashi.compile import compile_model
 
@@ -278,6 +279,8 @@ def main() -> None:
             "lambda": "import of kakehashi_inference.lambda_handler (model load included, as "
                       "in Lambda's init phase) measured inside the process, then one call",
             "cpus": len(os.sched_getaffinity(0)),
+            # Other work on the machine (the 1-minute load average, before and after):
+            "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "compiled_paths_python": "a virtualenv with only kakehashi[serve], no TensorFlow"
                                      if args.light_venv else "the development virtualenv",
         },

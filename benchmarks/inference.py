@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
+    load_before = os.getloadavg()[0]
     machine = physical_limit()
     print(f"Physical limit: {machine['cpus']} CPUs x {machine['ghz']} GHz x {FLOP_PER_CYCLE} "
           f"FLOP/cycle / {GFLOP_PER_IMAGE} GFLOP = {machine['limit']} images/s", flush=True)
@@ -196,6 +197,8 @@ def main() -> None:
         "limit_images_per_s": machine["limit"],
         "results": results,
         "machine": {"cpus": machine["cpus"], "ghz": machine["ghz"],
+                    # Other work on the machine (the 1-minute load average, before and after):
+                    "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                     "flop_per_cycle": FLOP_PER_CYCLE, "gflop_per_image": GFLOP_PER_IMAGE},
         "method": {"model": "keras.applications.MobileNetV2(weights=None), 224x224; kakehashi: "
                             "compiled (kakehashi compile), LiteRT",

@@ -157,8 +157,9 @@ class TFLiteRunner:
     Resizing an interpreter's input re-plans its memory and re-packs XNNPACK weights (tens of
     milliseconds for MobileNetV2), far too slow per batch. So each worker keeps one interpreter
     per power of two up to the largest batch, and a batch of 7 runs as 4 + 2 + 1: no padding
-    is computed. Only batch 1 is built before readiness; `complete()` builds the larger ones
-    afterwards (until then a batch runs as several calls of the sizes there are).
+    is computed. Only one worker's batch-1 interpreter is built before readiness; `complete()`
+    builds the other workers and the larger sizes right after (until then a batch runs as
+    several calls of the sizes there are, on the workers there are).
 
     Workers are independent interpreter sets, each on `threads // workers` threads, that run
     batches side by side. One worker per CPU beats one interpreter spread over all CPUs under
@@ -175,11 +176,17 @@ class TFLiteRunner:
         self._sizes = [1 << i for i in range(max(1, max_batch_size).bit_length())]
         self._all: list[_Worker] = []
         self._free: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        for _ in range(self.workers):
-            sizes = self._sizes if eager else self._sizes[:1]
-            worker = _Worker({size: self._make(size) for size in sizes})
-            self._all.append(worker)
-            self._free.put(worker)
+        # Before readiness only what the first request needs: one worker at batch 1.
+        for _ in range(self.workers if eager else 1):
+            self._add_worker(self._sizes if eager else self._sizes[:1])
+
+    def _add_worker(self, sizes: list[int], warm: bool = False) -> None:
+        worker = _Worker({size: self._make(size) for size in sizes})
+        if warm:  # before any caller can take it: interpreters are not thread-safe
+            for sized in worker.interpreters.values():
+                sized(np.zeros(sized.shape, np.float32))
+        self._all.append(worker)
+        self._free.put(worker)
 
     def _make(self, batch: int) -> _Sized:
         interpreter = interpreter_class()(model_content=self._flatbuffer, num_threads=self._threads)
@@ -204,7 +211,9 @@ class TFLiteRunner:
                 sized(np.zeros(sized.shape, np.float32))
 
     def complete(self) -> None:
-        for worker in self._all:
+        while len(self._all) < self.workers:
+            self._add_worker(self._sizes[:1], warm=True)
+        for worker in list(self._all):
             for size in self._sizes:
                 if size not in worker.interpreters:
                     sized = self._make(size)

@@ -211,3 +211,34 @@ def test_kakehashi_serve_answers_over_real_http(image_model_dir: Path) -> None:
         process.terminate()
         output = process.communicate(timeout=30)[0].decode()
     assert '"message": "Loaded model"' in output  # structured JSON log lines
+
+
+def _imports(module: str) -> set[str]:
+    import ast
+
+    import kakehashi_inference
+
+    source = Path(kakehashi_inference.__file__).parent / f"{module}.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_v1_and_v2_share_the_server_module_and_not_each_other() -> None:
+    v1, v2 = _imports("v1"), _imports("v2")
+    assert "kakehashi_inference.server" in v1 and "kakehashi_inference.server" in v2
+    assert "kakehashi_inference.v2" not in v1 and "kakehashi_inference.v1" not in v2
+    assert "kakehashi_inference.app" not in v1 | v2 | _imports("server")
+
+
+def test_errors_become_answers_in_one_place() -> None:
+    import kakehashi_inference
+
+    package = Path(kakehashi_inference.__file__).parent
+    handlers = sorted(path.name for path in package.glob("*.py")
+                      if "exception_handler" in path.read_text())
+    assert handlers == ["http_errors.py"]
