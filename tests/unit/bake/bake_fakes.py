@@ -40,10 +40,10 @@ class FakeRegistry:
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
-    def client(self, **kwargs: Any) -> Registry:
+    def client(self, host: str = HOST, **kwargs: Any) -> Registry:
         kwargs.setdefault("sleep", lambda _: None)
         kwargs.setdefault("use_default_credentials", False)
-        return Registry(HOST, insecure=False, transport=self.transport(), **kwargs)
+        return Registry(host, insecure=False, transport=self.transport(), **kwargs)
 
     # -- helpers for tests ---------------------------------------------------------------
 

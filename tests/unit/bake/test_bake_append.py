@@ -248,3 +248,25 @@ def test_lineage_labels_prefer_what_the_caller_says() -> None:
 def test_image_tag_is_valid_and_bounded() -> None:
     assert image_tag("digits", "sha256:" + "ab" * 32) == "digits-" + "ab" * 8
     assert len(image_tag("s" * 200, "sha256:" + "ab" * 32)) <= 128
+
+
+def test_a_base_on_another_registry_is_copied_layer_by_layer(
+        fake: FakeRegistry, make_base: Any, make_model: Any, tmp_path: Path) -> None:
+    """No mount across registries: each base layer is streamed over once, then found."""
+    make_base(kind="oci")
+    other = FakeRegistry()
+    source, target = fake.client(), other.client(host="other.test")
+    layer = model_layer(make_model({"w.bin": b"weights"}), "m", output_dir=tmp_path)
+    result = append_layer(source, target, Reference.parse(f"{HOST}/base/serve:v1"),
+                          Reference.parse("other.test/apps/digits:t"), layer, labels={},
+                          env={}, created_by="bake")
+    assert result.layers_copied == 1
+    manifest = json.loads(other.manifests["apps/digits"]["t"][0])
+    for descriptor in manifest["layers"]:
+        assert descriptor["digest"] in other.blobs["apps/digits"]
+    assert not any(m == "POST" and "mount" in str(h) for m, _, h in other.log)
+    again = append_layer(fake.client(), other.client(host="other.test"),
+                         Reference.parse(f"{HOST}/base/serve:v1"),
+                         Reference.parse("other.test/apps/digits:t"), layer, labels={},
+                         env={}, created_by="bake")
+    assert again.digest == result.digest and again.layers_copied == 0
