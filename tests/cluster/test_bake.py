@@ -52,6 +52,7 @@ def write_model(root: Path, files: dict[str, bytes] = MODEL_FILES) -> tuple[Path
     digest = source_digest(root)
     artifact = ModelArtifact.model_validate({
         "uri": "s3://kakehashi-models/team/digits-1/", "digest": digest,
+        "createdAt": "2026-11-26T10:00:00Z",
         "metrics": {"accuracy": 0.98, "loss": 0.05},
         "lineage": {"runName": "digits-1", "namespace": "team",
                     "git": {"url": "https://git.example/team/digits.git",
@@ -306,6 +307,7 @@ def test_baked_image_holds_exactly_the_model_and_its_lineage(dev_env: DevEnviron
     assert "KAKEHASHI_MODEL_NAME=digits" in config["config"]["Env"]
     assert config["rootfs"]["diff_ids"][-1] == result.layer_diff_id == result.layer_digest
     assert len(config["history"]) == 2 and config["config"]["User"] == "10001:10001"
+    assert config["created"] == config["history"][-1]["created"] == "2026-11-26T10:00:00Z"
 
 
 def test_baking_twice_uploads_nothing_new(dev_env: DevEnvironment, tmp_path: Path) -> None:

@@ -48,19 +48,25 @@ def _dumps(value: Any) -> bytes:
 
 def append_to_config(config: Mapping[str, Any], layer_diff_id: str, *,
                      labels: Mapping[str, str], env: Mapping[str, str],
-                     created_by: str, comment: str | None = None) -> dict[str, Any]:
+                     created_by: str, comment: str | None = None,
+                     created: str | None = None) -> dict[str, Any]:
     """A copy of an image config with one more layer: diff_id, history entry (only when the
     base keeps a history, so entries stay aligned with layers), labels merged, and `env`
-    entries set (replacing the base's value of the same variable). `created` is kept."""
+    entries set (replacing the base's value of the same variable). `created` (RFC 3339), when
+    given, dates the image and the history entry (the model's own time, never the clock's, so a
+    re-bake is identical); otherwise the base's date is kept."""
     new: dict[str, Any] = json.loads(json.dumps(config))
     rootfs = new.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     rootfs.setdefault("type", "layers")
     rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), layer_diff_id]
     if isinstance(new.get("history"), list):
-        entry: dict[str, Any] = {"created_by": created_by}
+        entry: dict[str, Any] = {"created": created} if created else {}
+        entry["created_by"] = created_by
         if comment:
             entry["comment"] = comment
         new["history"] = [*new["history"], entry]
+    if created:
+        new["created"] = created
     runtime = new.get("config")
     if not isinstance(runtime, dict):
         runtime = new["config"] = {}
@@ -155,13 +161,13 @@ class Appender:
     def __init__(self, source: Registry, target: Registry, base: Reference,
                  target_ref: Reference, layer: Layer, *, labels: Mapping[str, str],
                  env: Mapping[str, str], created_by: str, comment: str | None = None,
-                 progress: Progress | None = None) -> None:
+                 created: str | None = None, progress: Progress | None = None) -> None:
         if not target_ref.tag:
             raise ValueError(f"the target {target_ref} needs a tag")
         self.source, self.target = source, target
         self.base, self.target_ref, self.layer = base, target_ref, layer
         self.labels, self.env = dict(labels), dict(env)
-        self.created_by, self.comment = created_by, comment
+        self.created_by, self.comment, self.created = created_by, comment, created
         self.say = progress or (lambda _: None)
         self.same_registry = source.host == target.host
         self.copied = 0
@@ -217,7 +223,7 @@ class Appender:
             self._ensure_blob(descriptor)
         new_config = _dumps(append_to_config(config, self.layer.diff_id, labels=self.labels,
                                              env=self.env, created_by=self.created_by,
-                                             comment=self.comment))
+                                             comment=self.comment, created=self.created))
         repository = self.target_ref.repository
         self.target.push_blob(repository, new_config)
         if self.layer.digest not in self._ensured:
@@ -268,8 +274,9 @@ class Appender:
 
 def append_layer(source: Registry, target: Registry, base: Reference, target_ref: Reference,
                  layer: Layer, *, labels: Mapping[str, str], env: Mapping[str, str],
-                 created_by: str, comment: str | None = None,
+                 created_by: str, comment: str | None = None, created: str | None = None,
                  progress: Progress | None = None) -> AppendResult:
     """Append `layer` to `base` (on `source`) and push it as `target_ref` (on `target`)."""
     return Appender(source, target, base, target_ref, layer, labels=labels, env=env,
-                    created_by=created_by, comment=comment, progress=progress).run()
+                    created_by=created_by, comment=comment, created=created,
+                    progress=progress).run()

@@ -299,7 +299,8 @@ def bake(model: str | Path, base_image: str, target_repository: str, *, service:
             source_client, target_client, base, target, layer, labels=all_labels,
             env={MODEL_NAME_ENV: model_name},
             created_by=f"kakehashi bake: COPY model {model_name} {digest} {layer.root}/",
-            comment="kakehashi.dev", progress=say)
+            comment="kakehashi.dev", created=artifact.created_at if artifact else None,
+            progress=say)
         uploaded = target_client.stats.bytes_uploaded - before
         if source_client is not target_client:
             uploaded += source_client.stats.bytes_uploaded - before_source

@@ -270,3 +270,10 @@ def test_a_base_on_another_registry_is_copied_layer_by_layer(
                          Reference.parse("other.test/apps/digits:t"), layer, labels={},
                          env={}, created_by="bake")
     assert again.digest == result.digest and again.layers_copied == 0
+
+
+def test_the_models_own_time_dates_the_image() -> None:
+    new = append_to_config(CONFIG, "sha256:" + "2" * 64, labels={}, env={}, created_by="bake",
+                           created="2026-11-26T10:00:00Z")
+    assert new["created"] == "2026-11-26T10:00:00Z"
+    assert new["history"][-1] == {"created": "2026-11-26T10:00:00Z", "created_by": "bake"}
