@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import ClassVar
 
 import click
 
 from kakehashi import __version__
-from kakehashi.demo import demo
-from kakehashi.dev.cli import dev
-from kakehashi.runner import operator_group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Subcommands imported only when run: each image installs one extra (the bake Job's image
+    has no kopf, the serving image no kubernetes), and `kakehashi bake` must start there."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "dev": "kakehashi.dev.cli:dev",
+        "demo": "kakehashi.demo:demo",
+        "operator": "kakehashi.runner:operator_group",
+        "bake": "kakehashi.bake.cli:bake_command",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.LAZY:
+            module, _, attribute = self.LAZY[name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kakehashi")
 def main() -> None:
     """Kakehashi: from a notebook to a production inference service, no rewrite in between."""
-
-
-main.add_command(dev)
-main.add_command(demo)
-main.add_command(operator_group)
 
 
 @main.command("crds")

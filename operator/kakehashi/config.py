@@ -42,7 +42,7 @@ def _option(settings: type[BaseSettings], name: str, field: FieldInfo) -> Callab
     origin = typing.get_origin(base)
     default = field.get_default(call_default_factory=True)
     shown = ", ".join(map(str, default)) if isinstance(default, list) else default
-    suffix = f"; default: {shown}" if default not in (None, [], ()) else ""
+    suffix = f"; default: {shown}" if default not in (None, [], (), {}) else ""
     help_text = f"{field.description or ''} [env {_env_name(settings, name)}{suffix}]"
     kwargs: dict[str, Any] = {"default": None, "help": help_text}
     if base is bool:

@@ -13,7 +13,7 @@ from kakehashi.settings import OperatorSettings
 
 @click.group("operator")
 def operator_group() -> None:
-    """The Kakehashi operator: reconciles TrainingRuns into Jobs and TFJobs."""
+    """The Kakehashi operator: TrainingRuns into Jobs and TFJobs, ModelServices into production services."""
 
 
 @operator_group.command("run")
@@ -29,8 +29,10 @@ def run(namespaces: tuple[str, ...], all_namespaces: bool, verbose: bool, **valu
 
     from kakehashi import artifacts
     from kakehashi.control.client import Kube, api_client
+    from kakehashi.serving import handlers as serving_handlers  # noqa: F401  (registers kopf handlers)
+    from kakehashi.serving.reconciler import ServiceReconciler
     from kakehashi.training import handlers  # noqa: F401  (registers the kopf handlers)
-    from kakehashi.training.reconciler import Reconciler
+    from kakehashi.training.reconciler import Reconciler, kopf_events
 
     settings = config.load(OperatorSettings, values)
     kopf.configure(
@@ -41,12 +43,11 @@ def run(namespaces: tuple[str, ...], all_namespaces: bool, verbose: bool, **valu
         # under load, and nothing a person reads.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     s3 = boto3.client("s3")  # AWS_ENDPOINT_URL_S3 and the credentials come from the environment
+    kube = Kube(api_client(pool_size=settings.threads * 2))
     reconciler = Reconciler(
-        Kube(api_client(pool_size=settings.threads * 2)),
-        settings,
-        lambda uri: artifacts.read_model_artifact(s3, uri),
-        threads=settings.threads,
+        kube, settings, lambda uri: artifacts.read_model_artifact(s3, uri), threads=settings.threads
     )
+    services = ServiceReconciler(kube, settings, events=kopf_events, threads=max(2, settings.threads // 2))
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     logging.getLogger("kakehashi").info("Operator starting", extra={"settings": settings.model_dump()})
@@ -55,5 +56,5 @@ def run(namespaces: tuple[str, ...], all_namespaces: bool, verbose: bool, **valu
         clusterwide=not namespaces or all_namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=settings.liveness or None,
-        memo=kopf.Memo(trainingruns=reconciler),
+        memo=kopf.Memo(trainingruns=reconciler, modelservices=services),
     )

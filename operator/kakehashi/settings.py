@@ -33,12 +33,35 @@ class OperatorSettings(BaseSettings):
     webhook_allow_http: bool = Field(
         default=False, description="Allow plain-http notification webhooks (https only by default)."
     )
+    bake_image: str = Field(
+        default="kakehashi/notebook-jupyter:0.1.0",
+        description="Image of the bake Jobs (needs kakehashi[train]: TensorFlow compiles the model).",
+    )
+    bake_node_selector: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Node labels bake pods must run on (k=v,k2=v2); their taints are tolerated.",
+    )
+    registry_secret: str = Field(
+        default="kakehashi-registry",
+        description="Secret in the service's namespace with username/password for the registry "
+        "(optional: anonymous, or ECR through the pod's IAM role).",
+    )
     threads: int = Field(default=16, ge=1, description="Threads for blocking API and S3 calls.")
     metrics_port: int = Field(default=9090, ge=0, description="Prometheus /metrics port (0: off).")
     liveness: str = Field(
         default="http://0.0.0.0:8080/healthz", description="kopf's liveness endpoint ('' to disable)."
     )
     log_format: Literal["json", "plain"] = Field(default="json", description="Log line format.")
+
+    @field_validator("bake_node_selector", mode="before")
+    @classmethod
+    def _pairs(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            return {k.strip(): v.strip() for k, v in pairs}
+        if isinstance(value, (list, tuple)):  # repeated --bake-node-selector k=v
+            return dict(item.split("=", 1) for item in value)
+        return value
 
     @field_validator("webhook_allowlist", mode="before")
     @classmethod

@@ -80,7 +80,9 @@ def test_failures_say_why(runs: Runs, annotations: dict[str, str], spec: dict[st
         assert word in status["message"], status["message"]
     failed = runs.condition("fails", "Failed")
     assert (failed["status"], failed["reason"]) == ("True", reason)
-    assert any(e.reason == "RunFailed" and e.type == "Warning" for e in runs.events("fails"))
+    # kopf posts Events in batches, a moment after the status write.
+    wait_for(lambda: any(e.reason == "RunFailed" and e.type == "Warning" for e in runs.events("fails")), 15,
+             "the RunFailed Event")
 
 
 def test_unschedulable_gpu_request_is_pending_with_the_scheduler_message(runs: Runs) -> None:

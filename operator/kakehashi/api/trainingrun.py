@@ -15,6 +15,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kakehashi import GROUP, VERSION
+from kakehashi.api.objects import KubeObject
 from kakehashi.control.conditions import Condition
 from kakehashi.control.resources import Resource
 from kakehashi.modelformat import ModelArtifact
@@ -218,7 +219,7 @@ def _key_rule(what: str) -> dict[str, Any]:
     return {
         "x-kubernetes-validations": [
             {
-                "rule": f"self.all(k, k.matches('{QUALIFIED_NAME}') && size(k) <= 317)",
+                "rule": f"self.all(k, size(k) <= 317 && k.matches(r'{QUALIFIED_NAME}'))",
                 "message": f"{what} keys must be qualified names: an optional DNS prefix and '/', then "
                 "at most 63 characters of letters, digits, '-', '_' or '.', starting and ending alphanumeric",
             }
@@ -356,29 +357,7 @@ class TrainingRunStatus(_Model):
     notified_at: str | None = Field(default=None, alias="notifiedAt")
 
 
-class TrainingRun(BaseModel):
-    """The whole resource as the API server holds it (metadata is kept as a plain mapping)."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    api_version: str = Field(default="kakehashi.dev/v1alpha1", alias="apiVersion")
+class TrainingRun(KubeObject):
     kind: Literal["TrainingRun"] = "TrainingRun"
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: TrainingRunSpec
     status: TrainingRunStatus = Field(default_factory=TrainingRunStatus)
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace", "default"))
-
-    @property
-    def uid(self) -> str:
-        return str(self.metadata.get("uid", ""))
-
-    @property
-    def generation(self) -> int:
-        return int(self.metadata.get("generation", 1))

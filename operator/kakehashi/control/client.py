@@ -103,6 +103,16 @@ class Kube:
                 return None
             raise
 
+    def list_objects(self, resource: Resource, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result: dict[str, Any] = self._call("GET", resource.path(namespace), query=query)
+        return list(result.get("items") or [])
+
+    def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str) -> str:
+        """GET a pod's own HTTP endpoint through the API server (no route to pods needed)."""
+        text: str = self._call("GET", f"{PODS.path(namespace, pod)}:{port}/proxy{path}", raw=True)
+        return text
+
     def patch_status(
         self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]
     ) -> dict[str, Any] | None:
@@ -111,6 +121,16 @@ class Kube:
             result: dict[str, Any] = self._call(
                 "PATCH", resource.path(namespace, name, "status"), patch, content_type=MERGE_PATCH
             )
+            return result
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """JSON merge patch of the object itself; None if it is gone."""
+        try:
+            result: dict[str, Any] = self._call("PATCH", resource.path(namespace, name), patch, content_type=MERGE_PATCH)
             return result
         except ApiException as error:
             if error.status == 404:

@@ -51,6 +51,13 @@ class ReconcileQueue(Generic[K]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def request_later(self, key: K, delay_s: float) -> None:
+        """Come back to an object after `delay_s` (watching something no event tells us about,
+        such as a rollout on another cluster). An earlier scheduled retry wins."""
+        if key in self._retries:
+            return
+        self._retries[key] = asyncio.get_running_loop().call_later(delay_s, self._retry, key)
+
     def forget(self, key: K) -> None:
         """The object is gone: drop its state, or per-object memory would grow forever."""
         self._attempts.pop(key, None)

@@ -32,3 +32,16 @@ PODS: Final = Resource("", "v1", "pods", "Pod")
 SECRETS: Final = Resource("", "v1", "secrets", "Secret")
 JOBS: Final = Resource("batch", "v1", "jobs", "Job")
 TFJOBS: Final = Resource("kubeflow.org", "v1", "tfjobs", "TFJob")
+DEPLOYMENTS: Final = Resource("apps", "v1", "deployments", "Deployment")
+SERVICES: Final = Resource("", "v1", "services", "Service")
+HPAS: Final = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
+PDBS: Final = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+HTTPROUTES: Final = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+NAMESPACES_KIND: Final = "Namespace"
+
+BY_KIND: Final = {r.kind: r for r in (PODS, SECRETS, JOBS, TFJOBS, DEPLOYMENTS, SERVICES, HPAS, PDBS, HTTPROUTES)}
+
+
+def of(obj: dict[str, object]) -> Resource:
+    """The resource an object (with apiVersion and kind) belongs to."""
+    return BY_KIND[str(obj["kind"])]

@@ -20,6 +20,7 @@ from kubernetes.client import ApiClient
 from kakehashi import GROUP, VERSION, contract
 from kakehashi.api.trainingrun import KIND, Scalar, TrainingRun
 from kakehashi.control.resources import JOBS, TFJOBS, Resource
+from kakehashi.podenv import s3_env
 from kakehashi.settings import OperatorSettings
 
 LABEL_RUN: Final = f"{GROUP}/trainingrun"
@@ -123,15 +124,7 @@ def container_env(run: TrainingRun, settings: OperatorSettings) -> list[dict[str
             {"name": contract.ENV_SOURCE_COMMIT_FILE, "value": COMMIT_FILE},
             {"name": contract.ENV_WORKSPACE, "value": SOURCE_DIR},
         ]
-    if settings.s3_endpoint:
-        env.append({"name": contract.ENV_S3_ENDPOINT, "value": settings.s3_endpoint})
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        env.append(
-            {
-                "name": key,
-                "valueFrom": {"secretKeyRef": {"name": settings.s3_secret, "key": key, "optional": True}},
-            }
-        )
+    env += s3_env(settings)
     # The user's own variables come last so they can override the platform's (e.g. an endpoint).
     env += [{"name": e.name, "value": e.value} for e in spec.env]
     return env

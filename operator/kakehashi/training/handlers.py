@@ -15,8 +15,9 @@ import kopf
 from kakehashi import GROUP, VERSION
 from kakehashi.api.trainingrun import PLURAL
 from kakehashi.control import kopfsetup
+from kakehashi.control.controller import Key
 from kakehashi.training.children import LABEL_RUN
-from kakehashi.training.reconciler import Key, Reconciler
+from kakehashi.training.reconciler import Reconciler
 
 _OWNED = {LABEL_RUN: kopf.PRESENT}
 
@@ -77,6 +78,9 @@ def _bind(kwargs: dict[str, Any]) -> Reconciler:
 async def run_event(event: kopf.RawEvent, namespace: str | None, name: str, **kwargs: Any) -> None:
     rec = _bind(kwargs)
     key = (namespace or "", name)
+    services = getattr(kwargs["memo"], "modelservices", None)
+    if services is not None:  # a run finishing is what lets the services serving it bake
+        services.training_run_changed(*key)
     if event["type"] == "DELETED":
         rec.forget(key)
         return

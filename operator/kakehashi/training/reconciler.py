@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
@@ -28,8 +28,8 @@ from kakehashi.addresses import Allowlist
 from kakehashi.api.trainingrun import RESOURCE, Phase, TrainingRun, TrainingRunStatus
 from kakehashi.control.backoff import Backoff
 from kakehashi.control.client import Kube
+from kakehashi.control.controller import Controller, Key, items
 from kakehashi.control.errors import PermanentError, TemporaryError, api_message, classify
-from kakehashi.control.queue import ReconcileQueue
 from kakehashi.control.resources import PODS
 from kakehashi.modelformat import ModelArtifact, now_rfc3339
 from kakehashi.settings import OperatorSettings
@@ -43,7 +43,6 @@ from kakehashi.training.status import (
     verdict,
 )
 
-Key = tuple[str, str]  # (namespace, run name)
 ArtifactReader = Callable[[str], ModelArtifact | None]
 # (object, type, reason, message): kopf.event in the operator, a recorder in tests.
 EventSink = Callable[[dict[str, Any], str, str, str], None]
@@ -51,22 +50,6 @@ T = TypeVar("T")
 METRIC_RESOURCE: Final = "trainingrun"
 
 logger = logging.getLogger("kakehashi.training")
-
-
-def _items(index: Mapping[Key, Iterable[Any]] | None, key: Key) -> list[dict[str, Any]]:
-    if index is None:
-        return []
-    try:
-        return [dict(v) for v in index.get(key, ())]
-    except KeyError:
-        return []
-
-
-def _rv(obj: Mapping[str, Any] | None) -> int:
-    try:
-        return int((obj or {}).get("metadata", {}).get("resourceVersion", 0))
-    except ValueError:
-        return 0
 
 
 def kopf_events(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -86,7 +69,7 @@ def _problems(error: ValidationError) -> str:
     )
 
 
-class Reconciler:
+class Reconciler(Controller):
     def __init__(
         self,
         kube: Kube,
@@ -97,43 +80,23 @@ class Reconciler:
         events: EventSink = kopf_events,
         backoff: Backoff | None = None,
     ) -> None:
+        super().__init__(METRIC_RESOURCE, threads=threads, backoff=backoff)
         self.kube = kube
         self.event = events
         self.settings = settings
         self.read_artifact = read_artifact
         self.webhook_allowlist = Allowlist(settings.webhook_allowlist)
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kakehashi-io")
         # Creating children has its own threads: a burst of status patches for running runs
         # must not queue ahead of the Job a new run is waiting for.
         self.create_executor = ThreadPoolExecutor(max_workers=max(2, threads // 2), thread_name_prefix="kakehashi-create")
-        self.queue: ReconcileQueue[Key] = ReconcileQueue(
-            METRIC_RESOURCE, lambda key: self.reconcile(key), backoff=backoff
-        )
-        self.indices: dict[str, Mapping[Key, Iterable[Any]]] = {}
-        self._written: dict[Key, dict[str, Any]] = {}  # our last status patch result per run
         self._phases: dict[Key, Phase] = {}
 
-    async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    def bind(self, **indices: Mapping[Key, Iterable[Any]]) -> None:
-        self.indices.update(indices)
-
     def close(self) -> None:
-        """Stop the worker threads (kopf's cleanup): calls in flight finish, no new ones start."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        super().close()
         self.create_executor.shutdown(wait=False, cancel_futures=True)
 
-    # -- requests ---------------------------------------------------------------------------
-
-    def request(self, key: Key) -> None:
-        """Ask for a reconcile of one run; cheap and idempotent, safe to call on every event."""
-        self.queue.request(key)
-
     def forget(self, key: Key) -> None:
-        """The run is gone: drop per-run memory, or it would grow forever."""
-        self.queue.forget(key)
-        self._written.pop(key, None)
+        super().forget(key)
         self._phases.pop(key, None)
         self._update_phase_gauge()
 
@@ -141,28 +104,17 @@ class Reconciler:
         runs = self.indices.get("runs") or {}
         keys = []
         for key in list(runs):
-            for body in _items(runs, key):
+            for body in items(runs, key):
                 if (body.get("status") or {}).get("phase") not in (Phase.SUCCEEDED, Phase.FAILED):
                     keys.append(key)
         return keys
 
     # -- the reconcile ----------------------------------------------------------------------
 
-    def _current_body(self, key: Key) -> dict[str, Any] | None:
-        bodies = _items(self.indices.get("runs"), key)
-        if not bodies:
-            return None
-        body = bodies[0]
-        written = self._written.get(key)
-        # The watch may lag behind our own last patch; never compute from an older status.
-        if written and written["metadata"].get("uid") == body["metadata"].get("uid") and _rv(written) > _rv(body):
-            body = {**body, "status": written.get("status") or {}}
-        return body
-
     async def reconcile(self, key: Key) -> None:
         namespace, name = key
-        body = self._current_body(key)
-        pods = _items(self.indices.get("pods"), key)
+        body = self.current("runs", key)
+        pods = items(self.indices.get("pods"), key)
         if body is None:
             # The run is gone (its children are being garbage-collected): let its pods go.
             await self._release_pods(pods, lambda pod: True)
@@ -189,7 +141,7 @@ class Reconciler:
         resource = children.child_resource(run)
         kind = resource.kind
         child = next(
-            (c for c in _items(self.indices.get("tfjobs" if kind == "TFJob" else "jobs"), key) if _owned_by(c, run.uid)),
+            (c for c in items(self.indices.get("tfjobs" if kind == "TFJob" else "jobs"), key) if _owned_by(c, run.uid)),
             None,
         )
         child_deleted = False
@@ -270,9 +222,7 @@ class Reconciler:
             await self._release_pods(pods, lambda pod: bool(pod["metadata"].get("deletionTimestamp")))
 
     async def _write(self, key: Key, status: TrainingRunStatus) -> None:
-        result = await self.io(self.kube.patch_status, RESOURCE, key[0], key[1], status_patch(status))
-        if result is not None:
-            self._written[key] = result
+        self.written(key, await self.io(self.kube.patch_status, RESOURCE, key[0], key[1], status_patch(status)))
 
     async def _read_model(self, output_uri: str) -> tuple[ModelArtifact | None, str | None, str | None]:
         """(model, definite error, temporary error): only a definite answer may end the run."""

@@ -100,3 +100,23 @@ def test_the_allowlist_permits_networks_and_host_names() -> None:
     assert allow.permits("x", ipaddress.ip_address("10.9.9.9"))
     assert allow.permits("hooks.internal", ipaddress.ip_address("192.168.1.1"))
     assert not allow.permits("other", ipaddress.ip_address("192.168.1.1"))
+
+
+def test_image_commands_start_without_the_operator_dependencies() -> None:
+    """The bake Job's image (kakehashi[train]) has no kopf or kubernetes: its commands must start."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('kopf', 'kubernetes', 'kubeflow'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from kakehashi.cli import main\n"
+        "main(['bake', '--help'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: " in result.stdout and "MODEL" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from kakehashi.api import crds
@@ -40,16 +41,22 @@ def _walk(node: dict[str, Any], path: str = "") -> list[str]:
     return problems
 
 
-def test_schema_is_structural() -> None:
-    schema = crds.trainingrun_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+DEFINITIONS = [crds.TRAININGRUN, crds.MODELSERVICE]
+
+
+@pytest.mark.parametrize("definition", DEFINITIONS, ids=lambda d: d.kind)
+def test_schema_is_structural(definition: crds.Definition) -> None:
+    schema = crds.crd(definition)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert _walk(schema) == []
 
 
-def test_every_spec_field_is_in_the_schema_and_back() -> None:
-    schema = crds.trainingrun_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    spec_props = set(schema["properties"]["spec"]["properties"])
-    aliases = {f.alias or n for n, f in TrainingRunSpec.model_fields.items()}
-    assert spec_props == aliases
+@pytest.mark.parametrize("definition", DEFINITIONS, ids=lambda d: d.kind)
+def test_every_spec_and_status_field_is_in_the_schema_and_back(definition: crds.Definition) -> None:
+    schema = crds.crd(definition)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for part, model in (("spec", definition.spec), ("status", definition.status)):
+        props = set(schema["properties"][part]["properties"])
+        aliases = {f.alias or n for n, f in model.model_fields.items()}
+        assert props == aliases, part
 
 
 def test_schema_defaults_are_what_the_models_default_to() -> None:

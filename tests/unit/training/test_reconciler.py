@@ -17,12 +17,13 @@ from kubernetes.client.exceptions import ApiException
 
 from kakehashi.control.backoff import Backoff
 from kakehashi.control.client import Secret
+from kakehashi.control.controller import Key
 from kakehashi.control.resources import Resource
 from kakehashi.modelformat import ModelArtifact
 from kakehashi.notify import OPT_IN_LABEL
 from kakehashi.settings import OperatorSettings
 from kakehashi.training.children import POD_FINALIZER
-from kakehashi.training.reconciler import Key, Reconciler
+from kakehashi.training.reconciler import Reconciler
 
 NS, NAME, RUN_UID = "team", "digits", "run-uid"
 KEY: Key = (NS, NAME)

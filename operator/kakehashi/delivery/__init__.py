@@ -1,0 +1,1 @@
+"""Getting rendered objects onto the production cluster: directly, or through a pull request."""

@@ -1,0 +1,1 @@
+"""ModelService: pure renderers of the production objects, pure status, and the reconciler."""

@@ -1,0 +1,319 @@
+"""The ModelService loop on in-memory clusters: bakes once, serves only a promotable model,
+is Ready only when the pods report serving the wanted digest, rolls back without baking,
+and cleans production up when deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from kakehashi.control.client import Secret
+from kakehashi.control.controller import Key
+from kakehashi.control.resources import Resource
+from kakehashi.delivery.direct import ProductionState
+from kakehashi.serving import bakejob, render
+from kakehashi.serving.reconciler import FINALIZER, ServiceReconciler
+from kakehashi.settings import OperatorSettings
+
+NS, NAME = "team", "digits"
+KEY: Key = (NS, NAME)
+DIGEST = "sha256:" + "1" * 64
+DIGEST2 = "sha256:" + "2" * 64
+IMAGE = "registry.local/models@sha256:" + "a" * 64
+IMAGE2 = "registry.local/models@sha256:" + "b" * 64
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.created: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.patches: list[dict[str, Any]] = []
+        self.secrets: dict[str, Secret] = {"prod": Secret(data={"kubeconfig": "apiVersion: v1\nkind: Config\n"})}
+
+    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((resource.kind, namespace, name))
+
+    def create(self, resource: Resource, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        key = (resource.kind, body["metadata"]["namespace"], body["metadata"]["name"])
+        if key in self.objects:
+            return self.objects[key], False
+        obj = {**body, "metadata": {**body["metadata"], "uid": f"uid-{len(self.created)}"}, "status": {}}
+        self.objects[key] = obj
+        self.created.append(obj)
+        return obj, True
+
+    def patch_status(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.statuses.append(patch["status"])
+        return {"metadata": {"uid": "ms-uid", "resourceVersion": str(1000 + len(self.statuses))}, "status": patch["status"]}
+
+    def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append(patch)
+        return patch
+
+    def read_secret(self, namespace: str, name: str) -> Secret | None:
+        return self.secrets.get(name)
+
+
+class FakeProduction:
+    def __init__(self) -> None:
+        self.applied: list[list[dict[str, Any]]] = []
+        self.deleted: list[str] = []
+        self.state = ProductionState()
+
+    def apply(self, objects: list[dict[str, Any]]) -> None:
+        self.applied.append(objects)
+
+    def prune(self, namespace: str, service: str, keep: list[dict[str, Any]]) -> list[str]:
+        return []
+
+    def read(self, namespace: str, service: str) -> ProductionState:
+        return self.state
+
+    def delete_all(self, namespace: str, service: str) -> list[str]:
+        self.deleted.append(f"{namespace}/{service}")
+        return ["Deployment/digits", "Service/digits"]
+
+    def serve(self, digest: str, replicas: int, *, image: str = IMAGE, crash: bool = False) -> None:
+        pods = []
+        served = {}
+        for i in range(replicas):
+            pod: dict[str, Any] = {
+                "metadata": {"name": f"digits-{i}", "labels": {render.LABEL_TRACK: "stable"},
+                             "annotations": {render.ANNOTATION_MODEL_DIGEST: digest}},
+                "status": {"conditions": [{"type": "Ready", "status": "False" if crash else "True"}],
+                           "containerStatuses": [{"name": "server", "image": image, "ready": not crash,
+                                                  "restartCount": 4 if crash else 0,
+                                                  "state": {"waiting": {"reason": "CrashLoopBackOff"}} if crash else {"running": {}},
+                                                  "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                                                                               "message": "ModelLoadError: digest mismatch"}} if crash else {}}]},
+            }
+            pods.append(pod)
+            if not crash:
+                served[pod["metadata"]["name"]] = digest
+        self.state = ProductionState(deployments={"digits": {"status": {}}}, pods=pods, served=served)
+
+
+def run_body(promotable: str = "True", digest: str = DIGEST, name: str = "digits") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": NS},
+        "status": {"phase": "Succeeded",
+                   "model": {"uri": f"s3://models/{name}/", "digest": digest},
+                   "conditions": [{"type": "Promotable", "status": promotable, "reason": "GateNotMet",
+                                   "message": "accuracy=0.51 is not >= 0.9"}]},
+    }
+
+
+def service_body(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kakehashi.dev/v1alpha1", "kind": "ModelService",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "ms-uid", "generation": 1, "finalizers": [FINALIZER],
+                     "annotations": {"kakehashi.dev/changed-by": "alice"}},
+        "spec": {"model": {"trainingRun": "digits"}, "registry": "registry.local/models", "replicas": 2,
+                 "delivery": {"mode": "direct", "direct": {"kubeconfigSecret": {"name": "prod"}, "namespace": "prod"}},
+                 **spec},
+    }
+
+
+class World:
+    def __init__(self, **spec: Any) -> None:
+        self.kube = FakeKube()
+        self.production = FakeProduction()
+        self.events: list[tuple[str, str, str]] = []
+        self.rec = ServiceReconciler(
+            self.kube, OperatorSettings(bake_node_selector={"kakehashi.dev/node": "real"}),  # type: ignore[arg-type]
+            events=lambda body, type_, reason, message: self.events.append((type_, reason, message)),
+            production=lambda kubeconfig: self.production,  # type: ignore[arg-type,return-value]
+            threads=2,
+        )
+        self.services: dict[Key, list[dict[str, Any]]] = {KEY: [service_body(**spec)]}
+        self.runs: dict[Key, list[dict[str, Any]]] = {(NS, "digits"): [run_body()]}
+        self.jobs: dict[Key, list[dict[str, Any]]] = {}
+        self.pods: dict[Key, list[dict[str, Any]]] = {}
+        self.rec.bind(services=self.services, runs=self.runs, bakejobs=self.jobs, bakepods=self.pods)
+
+    def reconcile(self) -> dict[str, Any]:
+        async def once() -> None:
+            await self.rec.reconcile(KEY)
+            self.rec.queue.forget(KEY)  # drop the scheduled rollout poll: tests step by hand
+
+        asyncio.run(once())
+        status = self.kube.statuses[-1]
+        self.services[KEY] = [{**self.services[KEY][0], "status": status}]
+        return status
+
+    def finish_bake(self, image: str = IMAGE, digest: str = DIGEST) -> None:
+        job = self.kube.created[-1]
+        self.jobs[KEY] = [job]
+        self.pods[KEY] = [{
+            "metadata": {"name": "bake-pod", "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+            "status": {"containerStatuses": [{"name": bakejob.CONTAINER, "state": {"terminated": {
+                "exitCode": 0, "message": json.dumps({"image": image, "modelDigest": digest})}}}]},
+        }]
+
+    def condition(self, status: dict[str, Any], type_: str) -> dict[str, Any]:
+        return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_a_promotable_model_is_baked_once_then_served_and_recorded() -> None:
+    world = World()
+    status = world.reconcile()
+    assert status["phase"] == "Baking"
+    assert len(world.kube.created) == 1
+    job = world.kube.created[0]
+    assert job["kind"] == "Job" and job["metadata"]["annotations"][bakejob.ANNOTATION_MODEL_DIGEST] == DIGEST
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "s3://models/digits/" and args[args.index("--expected-digest") + 1] == DIGEST
+    assert args[args.index("--result") + 1] == bakejob.TERMINATION_LOG
+    assert args[args.index("--training-run") + 1] == "team/digits"
+    assert job["spec"]["template"]["spec"]["nodeSelector"] == {"kakehashi.dev/node": "real"}
+    world.jobs[KEY] = [job]
+    world.reconcile()
+    assert len(world.kube.created) == 1  # the Job exists: never a second bake
+
+    world.finish_bake()
+    status = world.reconcile()
+    assert status["phase"] == "Deploying" and status["image"] == IMAGE
+    applied = {o["kind"]: o for o in world.production.applied[-1]}
+    assert applied["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+    assert status["history"] == []  # applied is not served
+
+    world.production.serve(DIGEST, 2)
+    status = world.reconcile()
+    assert status["phase"] == "Ready" and status["readyReplicas"] == 2 and status["servedDigests"] == [DIGEST]
+    assert world.condition(status, "Ready")["status"] == "True"
+    assert [(h["id"], h["image"], h["modelDigest"], h["trainingRun"], h["changedBy"]) for h in status["history"]] == [
+        (1, IMAGE, DIGEST, "digits", "alice")]
+    assert ("Normal", "ServiceReady") in [(e[0], e[1]) for e in world.events]
+
+
+def test_a_model_that_is_not_promotable_is_refused_unless_overridden() -> None:
+    world = World()
+    world.runs[(NS, "digits")] = [run_body(promotable="False")]
+    status = world.reconcile()
+    assert status["phase"] == "Failed" and status["reason"] == "NotPromotable"
+    assert "accuracy=0.51" in status["message"] and "gateOverride" in status["message"]
+    assert world.condition(status, "ModelResolved")["status"] == "False"
+    assert world.kube.created == []
+
+    world = World(gateOverride={"reason": "hotfix approved by on-call"})
+    world.runs[(NS, "digits")] = [run_body(promotable="False")]
+    assert world.reconcile()["phase"] == "Baking"
+    world.finish_bake()
+    world.reconcile()
+    world.production.serve(DIGEST, 2)
+    status = world.reconcile()
+    assert status["phase"] == "Ready"
+    assert world.condition(status, "ModelResolved")["reason"] == "GateOverridden"
+    assert status["history"][-1]["gateOverride"] == "hotfix approved by on-call"
+
+
+def test_pods_that_crash_leave_the_service_degraded_with_the_reason_never_ready() -> None:
+    world = World()
+    world.reconcile()
+    world.finish_bake()
+    world.reconcile()
+    world.production.serve(DIGEST, 2, crash=True)
+    status = world.reconcile()
+    assert status["phase"] == "Degraded" and status["reason"] == "CrashLoopBackOff"
+    assert "digest mismatch" in status["message"]
+    assert world.condition(status, "Ready")["status"] == "False" and status["history"] == []
+
+
+def test_rollout_in_progress_is_not_ready_while_old_pods_still_serve() -> None:
+    world = World()
+    world.reconcile()
+    world.finish_bake()
+    world.reconcile()
+    world.production.serve(DIGEST, 2)
+    world.production.state.pods.append({"metadata": {"name": "old-pod", "labels": {render.LABEL_TRACK: "stable"},
+                                                     "annotations": {render.ANNOTATION_MODEL_DIGEST: DIGEST2}}})
+    world.production.state.served["old-pod"] = DIGEST2
+    status = world.reconcile()
+    assert status["phase"] == "Deploying" and DIGEST2 in status["message"]
+
+
+def test_rollback_returns_to_an_earlier_image_without_baking() -> None:
+    world = World()
+    world.reconcile()
+    world.finish_bake()
+    world.reconcile()
+    world.production.serve(DIGEST, 2)
+    world.reconcile()
+    # A second model is deployed...
+    world.runs[(NS, "digits")] = [run_body(digest=DIGEST2)]
+    world.reconcile()
+    world.finish_bake(IMAGE2, DIGEST2)
+    world.reconcile()
+    world.production.serve(DIGEST2, 2, image=IMAGE2)
+    status = world.reconcile()
+    assert [h["image"] for h in status["history"]] == [IMAGE, IMAGE2]
+    bakes = len(world.kube.created)
+    # ...and rolled back to entry 1.
+    world.services[KEY][0]["spec"]["rollbackTo"] = "1"
+    status = world.reconcile()
+    assert len(world.kube.created) == bakes  # no bake
+    assert {o["kind"]: o for o in world.production.applied[-1]}["Deployment"]["spec"]["template"]["spec"][
+        "containers"][0]["image"] == IMAGE
+    world.production.serve(DIGEST, 2)
+    status = world.reconcile()
+    assert status["phase"] == "Ready" and status["image"] == IMAGE
+    assert status["history"][-1]["rollback"] is True and status["history"][-1]["image"] == IMAGE
+
+
+def test_the_same_model_again_is_not_baked_again() -> None:
+    world = World()
+    world.reconcile()
+    world.finish_bake()
+    world.reconcile()
+    world.production.serve(DIGEST, 2)
+    world.reconcile()
+    world.jobs.clear()
+    world.pods.clear()  # the bake Job's TTL removed it
+    world.services[KEY][0]["spec"]["replicas"] = 3
+    world.reconcile()
+    assert len(world.kube.created) == 1
+
+
+def test_a_failed_bake_fails_the_service_with_the_log() -> None:
+    world = World()
+    world.reconcile()
+    job = world.kube.created[0]
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    world.jobs[KEY] = [job]
+    world.pods[KEY] = [{"metadata": {"name": "p", "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+                        "status": {"containerStatuses": [{"name": "bake", "state": {"terminated": {
+                            "exitCode": 1, "message": "RegistryError: 401 unauthorized"}}}]}}]
+    status = world.reconcile()
+    assert status["phase"] == "Failed" and status["reason"] == "BakeFailed"
+    assert "401 unauthorized" in status["message"]
+    assert world.condition(status, "Baked")["status"] == "False"
+
+
+def test_a_training_run_that_has_not_finished_is_waited_for() -> None:
+    world = World()
+    world.runs[(NS, "digits")] = [{"metadata": {"name": "digits"}, "status": {"phase": "Running"}}]
+    status = world.reconcile()
+    assert status["reason"] == "TrainingRunNotFinished" and world.kube.created == []
+
+
+def test_deleting_the_service_removes_it_from_production_then_lets_it_go() -> None:
+    world = World()
+    world.services[KEY][0]["metadata"]["deletionTimestamp"] = "2026-11-26T12:00:00Z"
+    asyncio.run(world.rec.reconcile(KEY))
+    assert world.production.deleted == ["prod/digits"]
+    assert world.kube.patches[-1] == {"metadata": {"finalizers": []}}
+
+
+def test_a_lagging_watch_never_records_a_deploy_twice() -> None:
+    world = World()
+    world.reconcile()
+    world.finish_bake()
+    stale = dict(world.services[KEY][0])  # what the watch still holds while we write
+    world.reconcile()
+    world.production.serve(DIGEST, 2)
+    world.reconcile()
+    world.services[KEY] = [{**stale, "metadata": {**stale["metadata"], "resourceVersion": "5"}}]
+    asyncio.run(world.rec.reconcile(KEY))
+    assert [h["id"] for h in world.kube.statuses[-1]["history"]] == [1]
