@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: demo test lint unit cluster bootstrap up down benchmarks
+.PHONY: demo test lint unit cluster bootstrap up down images benchmarks
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -30,6 +30,11 @@ up: bootstrap
 
 down:
 	$(VENV)/kakehashi dev down
+
+## The project's images (training, serving; `make images IMAGES="operator"` for others), built
+## from its Dockerfiles with buildah and pushed to the local registry (`dev up` first).
+images: bootstrap
+	$(VENV)/kakehashi dev images $(IMAGES)
 
 benchmarks: bootstrap
 	$(VENV)/python benchmarks/operator_throughput.py

@@ -16,8 +16,11 @@ if ! command -v go >/dev/null; then
   log "Go >= 1.26 is required to build the local clusters (k8s.io/kubernetes v1.36 needs it)"; exit 1
 fi
 
-# System packages: git (trainer clones), wrk (inference benchmark load generator).
-APT_PACKAGES=(git wrk)
+# System packages: git (trainer clones), wrk (inference benchmark load generator); for the
+# local clusters' real nodes (`kakehashi dev`): runc, the CNI plugins, iptables and conntrack
+# (kube-proxy); mmdebstrap (the Debian base image) and buildah (the project's images, no
+# daemon). containerd, the kubelet and kube-proxy are built from their Go modules.
+APT_PACKAGES=(git wrk runc containernetworking-plugins iptables conntrack mmdebstrap buildah)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -15,6 +15,8 @@ import pytest
 from kubernetes import client
 from trainingruns import wait_for
 
+from kakehashi.control.client import api_client
+from kakehashi.dev import node as real_node
 from kakehashi.dev.environment import DevEnvironment
 from kakehashi.oci import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Registry, sha256_digest
 
@@ -136,7 +138,7 @@ def _layer(files: dict[str, bytes]) -> bytes:
 
 
 def test_oci_manifest_and_blob_round_trip(dev_env: DevEnvironment) -> None:
-    registry = Registry(dev_env.registry)
+    registry = Registry(dev_env.registry, insecure=True)
     repository = f"test/model-{uuid.uuid4().hex[:6]}"
     layer = _layer({"models/digits/model.json": b'{"uri": "s3://x"}'})
     config = json.dumps({"architecture": "amd64", "os": "linux",
@@ -175,6 +177,10 @@ def test_dev_status_reports_every_component(dev_env: DevEnvironment) -> None:
     for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
                       "kwok-controller", "etcd", "minio", "registry", "training-operator"):
         assert component in result.stdout
+    if dev_env.real_nodes:
+        for cluster in ("learning", "production"):
+            for component in ("containerd", "kubelet", "kube-proxy"):
+                assert f"{component}-{cluster}" in result.stdout
 
 
 def _env_with_venv() -> dict[str, str]:
@@ -206,25 +212,69 @@ def test_dev_up_recovers_after_every_process_died(dev_env: DevEnvironment) -> No
     learning_api = _api(dev_env.learning.kubeconfig)  # same kubeconfig, same server
     client.CoreV1Api(learning_api).read_namespace(marker)  # etcd data survived
     test_job_completes(learning_api, marker)
+    if dev_env.real_nodes:
+        # The real node was made afresh: a pod runs there again.
+        core = client.CoreV1Api(learning_api)
+        core.create_namespaced_pod(marker, {
+            "metadata": {"name": "again"},
+            "spec": {"restartPolicy": "Never", "nodeSelector": real_node.SELECTOR,
+                     "tolerations": [real_node.TOLERATION],
+                     "containers": [{"name": "main", "image": dev_env.images["base"],
+                                     "command": ["python", "-c", "print('back')"]}]}})
+        wait_for(lambda: core.read_namespaced_pod("again", marker).status.phase == "Succeeded",
+                 timeout=120, what="a pod on the recovered real node")
 
 
 def _api(kubeconfig: Path) -> Any:
-    from kubernetes import config
+    return api_client(kubeconfig)
 
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    return client.ApiClient(configuration)
+
+def _host_state() -> dict[str, Any]:
+    """What the real nodes change on the host, as seen from the host."""
+    import os
+
+    from kakehashi.dev import node
+
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    addresses = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True,
+                               text=True).stdout
+    iptables = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    mounts = Path("/proc/self/mountinfo").read_text()
+    return {
+        "interfaces": sorted(line.split(":")[1].strip().split("@")[0]
+                             for line in links.splitlines() if ": kkh" in line),
+        "services_address": node.SERVICES_ADDRESS in addresses,
+        "kube_chains": sorted({line.split()[0] for line in iptables.splitlines()
+                               if line.startswith(":KUBE-")}),
+        "mounts": [line.split()[4] for line in mounts.splitlines()
+                   if "kakehashi" in line.split()[4]],
+        "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kakehashi-*")),
+        "run_dir": os.path.exists(node.RUN_ROOT),
+    }
 
 
 @pytest.mark.teardown_env
-def test_dev_down_leaves_no_process(dev_env: DevEnvironment) -> None:
+def test_dev_down_leaves_no_process_and_restores_the_host(dev_env: DevEnvironment) -> None:
     from kakehashi.dev import stack
+    from kakehashi.dev.environment import state_dir
     from kakehashi.dev.processes import pid_alive
 
     pids = stack.started_pids()
     assert len(pids) >= 13  # 2 x (etcd, apiserver, kcm, scheduler, kwok) + minio, registry, TO
+    recorded = state_dir() / "host.json"
+    sysctls = json.loads(recorded.read_text())["sysctls"] if recorded.exists() else {}
+    if dev_env.real_nodes:
+        assert len(pids) >= 19  # + containerd, kubelet, kube-proxy per cluster
+        during = _host_state()
+        assert during["interfaces"] and during["services_address"] and during["mounts"]
     result = subprocess.run(["kakehashi", "dev", "down"], capture_output=True, text=True,
                             env=_env_with_venv(), timeout=300)
     assert result.returncode == 0, result.stderr
     assert [pid for pid in pids if pid_alive(pid)] == []
     assert not DevEnvironment.path().exists()
+    assert _host_state() == {"interfaces": [], "services_address": False, "kube_chains": [],
+                             "mounts": [], "cgroups": [], "run_dir": False}
+    for name, value in sysctls.items():
+        path = Path("/proc/sys") / name.replace(".", "/")
+        assert path.read_text().strip() == value, name
+    # No process is left in any cgroup or network namespace of the nodes: they are gone.

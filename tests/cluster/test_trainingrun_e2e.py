@@ -1,27 +1,23 @@
-"""A TrainingRun end to end with real training: the operator's Job environment runs the real
-digits example, the model lands in S3, and the run's status carries it, gated.
-
-kwok pods execute nothing, so the test plays the kubelet: it runs the Job's container command
-as a local process with exactly the Job's environment (Secret references resolved the way the
-kubelet resolves them), then lets kwok finish the pod.
-"""
+"""A TrainingRun end to end with real training on the learning cluster's real node: the
+operator's Job runs the digits example in the project's training image (built from
+notebook-images/jupyter/Dockerfile, real TensorFlow), reading and writing the real MinIO, and
+the run's status carries the model, gated."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from trainingruns import Runs
 
-from kakehashi.dev import kubelet
-
-REPO = Path(__file__).resolve().parents[2]
+from kakehashi.dev import node
 
 
 @pytest.fixture
-def runs(learning: Any, namespace: str, operator: Any) -> Runs:
+def runs(learning: Any, namespace: str, operator: Any, dev_env: Any) -> Runs:
+    if not dev_env.real_nodes:
+        pytest.skip(f"no real nodes on this machine: {dev_env.no_real_nodes_reason}")
     return Runs(learning, namespace)
 
 
@@ -36,26 +32,29 @@ def test_real_training_lands_its_model_in_the_run_status(runs: Runs, dev_env: An
     runs.create(
         "digits-real",
         {
-            "command": ["python", "examples/digits/train.py"],
+            "image": dev_env.images["training"],
+            "command": ["python", "/opt/kakehashi/examples/digits/train.py"],
             "hyperparameters": {"epochs": 20, "learning_rate": 0.005},
             "gate": {"metric": "accuracy", "threshold": 0.8},
             "env": [{"name": "AWS_REGION", "value": dev_env.s3.region}],
+            "resources": {"cpu": 1, "memory": "2Gi"},
+            "nodeSelector": node.SELECTOR,
+            "tolerations": [node.TOLERATION],
         },
-        pod_annotations=kubelet.HOLD,
     )
-    runs.wait_phase("digits-real", "Running")
-    result = kubelet.run_job_container(runs.custom.api_client, runs.namespace, "digits-real", REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    kubelet.release_pods(runs.custom.api_client, runs.namespace, "kakehashi.dev/trainingrun=digits-real")
+    status = runs.wait_phase("digits-real", "Succeeded", "Failed", timeout=600)
+    assert status["phase"] == "Succeeded", status
     [job] = runs.jobs("digits-real")
     env = {e.name: e.value for e in job.spec.template.spec.containers[0].env}
-    status = runs.wait_phase("digits-real", "Succeeded", "Failed", timeout=60)
-    assert status["phase"] == "Succeeded", status
+    [pod] = runs.pods("digits-real")
+    assert pod.spec.node_name == "learning-real"
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 0
     model = status["model"]
     assert model["uri"] == env["KAKEHASHI_OUTPUT_URI"]
     assert model["digest"].startswith("sha256:")
     assert model["metrics"]["accuracy"] > 0.8
     assert model["lineage"]["runName"] == "digits-real"
     assert model["lineage"]["hyperparameters"]["epochs"] == 20
+    assert model["lineage"]["frameworks"]["tensorflow"].startswith("2.")
     promotable = runs.condition("digits-real", "Promotable")
     assert (promotable["status"], promotable["reason"]) == ("True", "GatePassed")

@@ -57,6 +57,12 @@ class DevEnvironment(BaseModel):
     s3: S3Endpoint
     registry: str  # host:port, plain HTTP
     bin_dir: Path  # kubectl and the other built tools
+    real_nodes: bool = False
+    """Each cluster has a real node (`<cluster>-real`: kubelet, containerd) beside kwok's."""
+    no_real_nodes_reason: str = ""
+    images: dict[str, str] = {}
+    """Images in the local registry, by role: `base` (Debian python3), and those
+    `kakehashi dev images` built from the project's Dockerfiles."""
 
     @staticmethod
     def path() -> Path:

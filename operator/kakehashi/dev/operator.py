@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,11 @@ from typing import IO
 
 import httpx
 
-from kakehashi.dev import stack
+from kakehashi.control.client import api_client
+from kakehashi.dev.clusters import wait_crd_established
 from kakehashi.dev.environment import DevEnvironment
+from kakehashi.dev.processes import free_port
 from kakehashi.dev.tools import repo_root
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def install_crds(env: DevEnvironment, cluster: str = "learning") -> None:
@@ -37,11 +32,7 @@ def install_crds(env: DevEnvironment, cluster: str = "learning") -> None:
         [*kubectl, "apply", "--server-side", "--field-manager=kakehashi", "--force-conflicts", "-k", str(crds)],
         check=True, capture_output=True, text=True,
     )
-    from kubernetes import config
-
-    stack.wait_crd_established(
-        config.new_client_from_config(str(env.cluster(cluster).kubeconfig)), "trainingruns.kakehashi.dev"
-    )
+    wait_crd_established(api_client(env.cluster(cluster).kubeconfig), "trainingruns.kakehashi.dev")
 
 
 class LocalOperator:

@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +101,11 @@ class Service:
     health_url: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 120.0
+    launcher: Sequence[str] = ()
+    """Commands that exec `binary` in other namespaces (nsenter, unshare): the pid stays
+    the binary's, since each of them execs the next."""
+    health_check: Callable[[], bool] | None = None
+    """Readiness other than `health_url` (a socket that answers, say)."""
 
     @property
     def pid_file(self) -> Path:
@@ -110,16 +115,21 @@ class Service:
     def log_file(self) -> Path:
         return self.run_dir / "logs" / f"{self.name}.log"
 
-    def pid(self) -> int | None:
+    def _recorded_pid(self) -> int | None:
         try:
-            pid = int(self.pid_file.read_text().strip())
+            return int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if pid_alive(pid, self.binary) else None
+
+    def pid(self) -> int | None:
+        pid = self._recorded_pid()
+        return pid if pid is not None and pid_alive(pid, self.binary) else None
 
     def healthy(self) -> bool:
         if self.pid() is None:
             return False
+        if self.health_check is not None:
+            return self.health_check()
         if self.health_url is None:
             return True
         try:
@@ -127,15 +137,27 @@ class Service:
         except httpx.HTTPError:
             return False
 
+    def _runs_as_configured(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            return False
+        return [arg.decode() for arg in cmdline] == [str(self.binary), *self.args]
+
     def start(self, wait: bool = True) -> int:
-        """Start unless already running; wait until healthy. Returns the pid."""
+        """Start unless already running as configured (a process started with other
+        arguments, by an older version say, is restarted); wait until healthy. Returns the
+        pid."""
         pid = self.pid()
+        if pid is not None and not self._runs_as_configured(pid):
+            self.stop()
+            pid = None
         if pid is None:
             self.pid_file.parent.mkdir(parents=True, exist_ok=True)
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with self.log_file.open("ab") as log:
                 proc = subprocess.Popen(
-                    [str(self.binary), *self.args],
+                    [*self.launcher, str(self.binary), *self.args],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env={**os.environ, **self.env},
                     # Its own session: Ctrl-C in the shell that ran `dev up` leaves it running.
@@ -152,7 +174,9 @@ class Service:
         while time.monotonic() < deadline:
             if self.healthy():
                 return
-            if self.pid() is None:
+            recorded = self._recorded_pid()
+            # (A launcher may not have exec'd the binary yet: only a gone process failed.)
+            if recorded is None or not pid_alive(recorded):
                 raise RuntimeError(f"{self.name} exited during start-up:\n{self.log_tail()}")
             time.sleep(0.25)
         raise RuntimeError(f"{self.name} not healthy after {self.ready_timeout_s:.0f}s "

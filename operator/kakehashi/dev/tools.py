@@ -43,6 +43,8 @@ class GoTool:
     binaries: dict[str, str]
     """Output file name -> Go package path."""
     tags: str = ""
+    real_nodes_only: bool = False
+    """Built only on machines that run the real nodes."""
     ldflags: tuple[str, ...] = ("-s", "-w")
     extra_ldflags: tuple[str, ...] = field(default=())
 
@@ -52,8 +54,13 @@ class GoTool:
 
     def cache_key(self) -> str:
         digest = hashlib.sha256()
-        for part in ("go.mod", "go.sum"):
-            digest.update((self.module_dir / part).read_bytes())
+        # go.mod and go.sum pin the upstream modules; a module of our own (the pause program)
+        # has its source here too, and no go.sum when it needs nothing else.
+        sources = ["go.mod", "go.sum", *sorted(p.name for p in self.module_dir.glob("*.go"))]
+        for part in sources:
+            path = self.module_dir / part
+            digest.update(part.encode())
+            digest.update(path.read_bytes() if path.exists() else b"")
         digest.update(go_version().encode())
         digest.update(json.dumps([self.binaries, self.tags, self.ldflags,
                                   self.extra_ldflags]).encode())
@@ -65,6 +72,7 @@ class GoTool:
 
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "3.5.35"
+CONTAINERD_VERSION = "v2.4.2"
 
 TOOLS: tuple[GoTool, ...] = (
     GoTool(
@@ -75,6 +83,9 @@ TOOLS: tuple[GoTool, ...] = (
             "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
             "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+            # The real nodes: ~100 packages beyond what the control plane already compiles.
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
         },
         # Upstream's release flags; the version stamps make /version and kubectl honest.
         tags="selinux,notest",
@@ -97,6 +108,15 @@ TOOLS: tuple[GoTool, ...] = (
     GoTool(name="training-operator", version="v1.9.0", binaries={
         "training-operator": "github.com/kubeflow/training-operator/cmd/training-operator.v1",
     }),
+    # The real nodes' container runtime; runc and the CNI plugins come from Debian packages.
+    GoTool(name="containerd", version=CONTAINERD_VERSION, binaries={
+        "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+        "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+        "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+    }, tags="no_btrfs,no_devmapper,no_zfs", real_nodes_only=True),
+    # Every pod's sandbox process (registry.k8s.io is out of reach): tools/pause/main.go.
+    GoTool(name="pause", version="1", binaries={"pause": "kakehashi.dev/tools/pause"},
+           real_nodes_only=True),
 )
 
 # Built on demand only (benchmarks/baking.py compares Kakehashi's layer append with it), never
@@ -185,10 +205,13 @@ def _run_with_progress(cmd: list[str], tool: GoTool, total: int, env: dict[str, 
     return done
 
 
-def ensure_all(progress: Progress = _quiet) -> dict[str, Path]:
-    """Build whatever is missing; return binary name -> path for every tool."""
+def ensure_all(progress: Progress = _quiet, real_nodes: bool = True) -> dict[str, Path]:
+    """Build whatever is missing; return binary name -> path for every tool (without the
+    real nodes' own tools when `real_nodes` is false)."""
     paths: dict[str, Path] = {}
     for tool in TOOLS:
+        if tool.real_nodes_only and not real_nodes:
+            continue
         directory = build(tool, progress)
         for name in tool.binaries:
             paths[name] = directory / name

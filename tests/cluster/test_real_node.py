@@ -1,0 +1,180 @@
+"""The real node of each local cluster runs containers for real: kubelet, containerd, runc,
+CNI and kube-proxy, images from the local registry, the local MinIO reached from a pod, and
+the TrainingRun operator reading what the real kubelet reports."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from trainingruns import Runs, wait_for
+
+from kakehashi.dev import node as real_node
+from kakehashi.dev.environment import DevEnvironment
+
+ON_REAL_NODE = {"nodeSelector": real_node.SELECTOR, "tolerations": [real_node.TOLERATION]}
+
+
+@pytest.fixture(autouse=True)
+def real_nodes(dev_env: DevEnvironment) -> None:
+    if not dev_env.real_nodes:
+        pytest.skip(f"no real nodes on this machine: {dev_env.no_real_nodes_reason}")
+
+
+def _pod(name: str, image: str, command: list[str], **container: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", **ON_REAL_NODE,
+                 "containers": [{"name": "main", "image": image, "command": command,
+                                 **container}]},
+    }
+
+
+def _finished(core: client.CoreV1Api, namespace: str, name: str, timeout: float = 180) -> Any:
+    def done() -> Any:
+        pod = core.read_namespaced_pod(name, namespace)
+        return pod if pod.status.phase in ("Succeeded", "Failed") else None
+
+    return wait_for(done, timeout=timeout, what=f"pod {name} to finish")
+
+
+@pytest.mark.parametrize("cluster", ["learning", "production"])
+def test_each_cluster_has_a_ready_real_node_apart_from_kwok(cluster: str, learning: Any,
+                                                            production: Any) -> None:
+    api = {"learning": learning, "production": production}[cluster]
+    node = client.CoreV1Api(api).read_node(f"{cluster}-real")
+    assert node.metadata.labels[real_node.NODE_LABEL] == "real"
+    assert any(t.key == real_node.NODE_LABEL and t.effect == "NoSchedule"
+               for t in node.spec.taints or [])
+    assert "kwok.x-k8s.io/node" not in (node.metadata.annotations or {})
+    assert node.status.node_info.container_runtime_version.startswith("containerd://2.")
+    assert node.status.node_info.kubelet_version == "v1.36.3"
+
+
+def test_pod_runs_python_in_the_local_base_image_and_its_log_is_read(
+        learning: Any, namespace: str, dev_env: DevEnvironment) -> None:
+    core = client.CoreV1Api(learning)
+    core.create_namespaced_pod(namespace, _pod("hello", dev_env.images["base"], [
+        "python", "-c", "import sys, platform; print('hello from', platform.python_version(),"
+        " sys.prefix)"]))
+    pod = _finished(core, namespace, "hello")
+    assert pod.status.phase == "Succeeded"
+    assert pod.spec.node_name == "learning-real"
+    assert pod.status.pod_ip.startswith("10.244.")
+    log = core.read_namespaced_pod_log("hello", namespace)
+    assert log.startswith("hello from 3.11."), log
+
+
+def test_pods_of_the_two_clusters_get_their_own_cidrs(
+        production: Any, production_namespace: str, dev_env: DevEnvironment) -> None:
+    core = client.CoreV1Api(production)
+    core.create_namespaced_pod(production_namespace,
+                               _pod("where", dev_env.images["base"], ["true"]))
+    pod = _finished(core, production_namespace, "where")
+    assert pod.spec.node_name == "production-real"
+    assert pod.status.pod_ip.startswith("10.245.")
+
+
+def test_job_completes_on_the_real_node(learning: Any, namespace: str,
+                                        dev_env: DevEnvironment) -> None:
+    batch = client.BatchV1Api(learning)
+    batch.create_namespaced_job(namespace, {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "sum"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never", **ON_REAL_NODE,
+            "containers": [{"name": "main", "image": dev_env.images["base"],
+                            "command": ["python", "-c", "print(sum(range(10)))"]}]}}},
+    })
+
+    def complete() -> bool:
+        job = batch.read_namespaced_job_status("sum", namespace)
+        return any(c.type == "Complete" and c.status == "True"
+                   for c in job.status.conditions or [])
+
+    wait_for(complete, timeout=180, what="Job Complete")
+    [pod] = client.CoreV1Api(learning).list_namespaced_pod(
+        namespace, label_selector="job-name=sum").items
+    assert client.CoreV1Api(learning).read_namespaced_pod_log(pod.metadata.name,
+                                                              namespace).strip() == "45"
+
+
+def test_container_over_its_memory_limit_is_oomkilled(learning: Any, namespace: str,
+                                                     dev_env: DevEnvironment) -> None:
+    core = client.CoreV1Api(learning)
+    core.create_namespaced_pod(namespace, _pod(
+        "hog", dev_env.images["base"],
+        ["python", "-c", "blocks = [bytearray(16 << 20) for _ in range(64)]"],
+        resources={"limits": {"memory": "64Mi"}}))
+    pod = _finished(core, namespace, "hog")
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (pod.status.phase, terminated.reason, terminated.exit_code) == ("Failed", "OOMKilled",
+                                                                          137)
+
+
+def test_pod_reads_an_object_from_minio(learning: Any, namespace: str, s3: Any,
+                                        dev_env: DevEnvironment) -> None:
+    key = f"test-real-node/{uuid.uuid4().hex[:8]}.txt"
+    s3.put_object(Bucket=dev_env.s3.model_bucket, Key=key, Body=b"weights from minio")
+    url = s3.generate_presigned_url("get_object", ExpiresIn=600,
+                                    Params={"Bucket": dev_env.s3.model_bucket, "Key": key})
+    core = client.CoreV1Api(learning)
+    core.create_namespaced_pod(namespace, _pod("reader", dev_env.images["base"], [
+        "python", "-c", "import sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())", url]))
+    pod = _finished(core, namespace, "reader")
+    log = core.read_namespaced_pod_log("reader", namespace)
+    assert (pod.status.phase, log.strip()) == ("Succeeded", "weights from minio")
+
+
+# --- TrainingRuns on the real node: what the real kubelet reports, in the run's status ----
+
+@pytest.fixture
+def runs(learning: Any, namespace: str, operator: Any) -> Iterator[Runs]:
+    yield Runs(learning, namespace)
+
+
+def _real_run(image: str, command: list[str], **spec: Any) -> dict[str, Any]:
+    return {"image": image, "command": command, **ON_REAL_NODE, **spec}
+
+
+def test_trainingrun_over_its_memory_limit_fails_oomkilled(runs: Runs,
+                                                           dev_env: DevEnvironment) -> None:
+    runs.create("oom", _real_run(
+        dev_env.images["base"],
+        ["python", "-c", "blocks = [bytearray(16 << 20) for _ in range(64)]"],
+        resources={"memory": "64Mi"}, runPolicy={"backoffLimit": 0}))
+    status = runs.wait_phase("oom", "Succeeded", "Failed", timeout=180)
+    assert (status["phase"], status["reason"]) == ("Failed", "OOMKilled"), status
+    assert "64Mi" in status["message"]
+    [pod] = runs.pods("oom")
+    assert pod.spec.node_name == "learning-real"
+    assert not (pod.metadata.annotations or {}).get("kwok.kakehashi.dev/outcome")
+
+
+def test_trainingrun_exiting_non_zero_shows_its_real_last_log_lines(
+        runs: Runs, dev_env: DevEnvironment) -> None:
+    script = ("import sys\nfor epoch in range(30): print(f'epoch {epoch} loss {1/(epoch+1):.3f}')\n"
+              "print('ValueError: labels and images differ in length', file=sys.stderr)\n"
+              "sys.exit(3)")
+    runs.create("crash", _real_run(dev_env.images["base"], ["python", "-u", "-c", script],
+                                   runPolicy={"backoffLimit": 0}))
+    status = runs.wait_phase("crash", "Succeeded", "Failed", timeout=180)
+    assert (status["phase"], status["reason"]) == ("Failed", "NonZeroExitCode"), status
+    message = status["message"]
+    assert "3" in message
+    assert "ValueError: labels and images differ in length" in message
+    assert "epoch 29 loss 0.033" in message
+    assert "epoch 0 loss" not in message  # only the last lines
+
+
+def test_trainingrun_with_a_missing_image_reports_imagepullbackoff(
+        runs: Runs, dev_env: DevEnvironment) -> None:
+    missing = f"{dev_env.registry}/kakehashi/does-not-exist:{uuid.uuid4().hex[:6]}"
+    runs.create("nothing", _real_run(missing, ["python", "train.py"]))
+    status = wait_for(lambda: (s := runs.status("nothing")).get("reason") == "ImagePullBackOff"
+                      and s, timeout=120, what="ImagePullBackOff on the run")
+    assert status["phase"] == "Pending"
+    assert "does-not-exist" in status["message"]

@@ -1,0 +1,3 @@
+module kakehashi.dev/tools/pause
+
+go 1.26.0
