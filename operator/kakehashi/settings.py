@@ -46,6 +46,9 @@ class OperatorSettings(BaseSettings):
         description="Secret in the service's namespace with username/password for the registry "
         "(optional: anonymous, or ECR through the pod's IAM role).",
     )
+    registry_insecure: bool = Field(
+        default=False, description="Bake Jobs talk plain HTTP to registries (a local dev registry only)."
+    )
     threads: int = Field(default=16, ge=1, description="Threads for blocking API and S3 calls.")
     metrics_port: int = Field(default=9090, ge=0, description="Prometheus /metrics port (0: off).")
     liveness: str = Field(

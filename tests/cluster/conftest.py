@@ -18,9 +18,14 @@ def operator(dev_env: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     log = Path(tmp_path_factory.mktemp("operator")) / "operator.log"
     # The webhook test's receiver listens on loopback over http: permitted here, refused by
     # default (notification webhooks must be https to a public address).
-    proc = LocalOperator(
-        dev_env, log, extra_env={"KAKEHASHI_WEBHOOK_ALLOWLIST": "127.0.0.1/32", "KAKEHASHI_WEBHOOK_ALLOW_HTTP": "true"}
-    )
+    extra = {"KAKEHASHI_WEBHOOK_ALLOWLIST": "127.0.0.1/32", "KAKEHASHI_WEBHOOK_ALLOW_HTTP": "true",
+             # Bake Jobs run in the project's training image on the real node and push to the
+             # local registry, which speaks plain HTTP on the bridge address.
+             "KAKEHASHI_REGISTRY_INSECURE": "true"}
+    if dev_env.real_nodes and "training" in dev_env.images:
+        extra["KAKEHASHI_BAKE_IMAGE"] = dev_env.images["training"]
+        extra["KAKEHASHI_BAKE_NODE_SELECTOR"] = "kakehashi.dev/node=real"
+    proc = LocalOperator(dev_env, log, extra_env=extra)
     proc.start()
     yield proc
     proc.stop()

@@ -62,6 +62,7 @@ def render_job(ms: ModelService, model: ResolvedModel, settings: OperatorSetting
     }
     env = [
         *s3_env(settings),
+        *([{"name": "KAKEHASHI_REGISTRY_INSECURE", "value": "true"}] if settings.registry_insecure else []),
         *(
             {"name": name, "valueFrom": {"secretKeyRef": {"name": settings.registry_secret, "key": key, "optional": True}}}
             for name, key in (("KAKEHASHI_REGISTRY_USERNAME", "username"), ("KAKEHASHI_REGISTRY_PASSWORD", "password"))

@@ -317,3 +317,24 @@ def test_a_lagging_watch_never_records_a_deploy_twice() -> None:
     world.services[KEY] = [{**stale, "metadata": {**stale["metadata"], "resourceVersion": "5"}}]
     asyncio.run(world.rec.reconcile(KEY))
     assert [h["id"] for h in world.kube.statuses[-1]["history"]] == [1]
+
+
+def test_the_bake_job_carries_the_registry_and_storage_settings_but_no_secret_values() -> None:
+    from kakehashi.api.modelservice import ModelService
+    from kakehashi.serving.status import ResolvedModel
+
+    ms = ModelService.model_validate(service_body())
+    settings = OperatorSettings(registry_insecure=True, s3_endpoint="http://10.0.0.1:9000", bake_image="train:1")
+    job = bakejob.render_job(ms, ResolvedModel(uri="s3://m/d/", digest=DIGEST, training_run="digits",
+                                               metrics={"accuracy": 0.9}), settings)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert container["image"] == "train:1" and container["command"] == ["kakehashi", "bake"]
+    assert env["KAKEHASHI_REGISTRY_INSECURE"]["value"] == "true"
+    assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://10.0.0.1:9000"
+    # Credentials only by reference: the Job spec (readable by whoever reads Jobs) holds no secret.
+    for name in ("AWS_ACCESS_KEY_ID", "KAKEHASHI_REGISTRY_PASSWORD"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert json.loads(container["args"][container["args"].index("--metrics") + 1]) == {"accuracy": 0.9}
+    assert len(job["metadata"]["name"]) <= 63 and job["metadata"]["ownerReferences"][0]["uid"] == "ms-uid"
+    assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
