@@ -105,9 +105,15 @@ def _cgroup_v2_memory() -> bool:
     return controllers.exists() and "memory" in controllers.read_text().split()
 
 
-def _cgroup_dirs(relative: str) -> list[Path]:
-    """The directories of cgroup `relative` in every hierarchy in use."""
-    hierarchies = _cgroup_v1_hierarchies() or [Path("/sys/fs/cgroup")]
+def _cgroup_dirs(relative: str, *, unified: bool = False) -> list[Path]:
+    """The directories of cgroup `relative` in every v1 hierarchy (or the v2 one); with
+    `unified`, also in the cgroup2 hierarchy of a hybrid setup, where the kubelet's cgroup
+    library makes them too."""
+    hierarchies = _cgroup_v1_hierarchies()
+    if not hierarchies:
+        hierarchies = [Path("/sys/fs/cgroup")]
+    elif unified and Path("/sys/fs/cgroup/unified/cgroup.procs").exists():
+        hierarchies.append(Path("/sys/fs/cgroup/unified"))
     return [h / relative.lstrip("/") for h in hierarchies]
 
 
@@ -548,7 +554,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
                             pids.add(int(proc.name))
                     except OSError:
                         continue
-        for directory in _cgroup_dirs(self.cgroup_root):
+        for directory in _cgroup_dirs(self.cgroup_root, unified=True):
             for procs in _walk_cgroup(directory):
                 try:
                     pids.update(int(p) for p in procs.read_text().split())
@@ -576,7 +582,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
         _unmount_under(self.kubelet_root, self.dir, self.run_dir)
         if subprocess.run(["ip", "link", "show", self.host_if], capture_output=True).returncode == 0:
             subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
-        for directory in _cgroup_dirs(self.cgroup_root):
+        for directory in _cgroup_dirs(self.cgroup_root, unified=True):
             _remove_cgroup(directory)
         if CNI_CACHE_DIR.exists():
             for cached in (CNI_CACHE_DIR / "results").glob(f"{self.network_name}-*"):
