@@ -122,9 +122,16 @@ def upload(endpoint: str, model_dir: Path, prefix: str) -> None:
         s3.upload_file(str(path), BUCKET, prefix + path.relative_to(model_dir).as_posix())
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_start(command: list[str], port: int, log: Path, env: dict[str, str],
-                timeout: float = 900) -> tuple[float, float]:
-    """Seconds from process start to the first /ready 200, and the RSS (MiB) at that moment."""
+                timeout: float = 900) -> tuple[float, float, float]:
+    """Seconds from process start to the first /ready 200, the RSS (MiB) at that moment, and
+    the CPU seconds the server used to get there (what an idle machine would take, about)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                                env={**os.environ, **env})
@@ -136,7 +143,7 @@ def timed_start(command: list[str], port: int, log: Path, env: dict[str, str],
                 try:
                     if client.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
                         ready = time.perf_counter() - started
-                        return ready, rss_mib(process.pid)
+                        return ready, rss_mib(process.pid), cpu_seconds(process.pid)
                 except httpx.TransportError:
                     pass
                 time.sleep(0.01)
@@ -222,6 +229,7 @@ def main() -> None:
         light = str(args.light_venv / "bin" / "kakehashi-serve") if args.light_venv else serve
         times: dict[str, list[float]] = {path: [] for path in paths}
         rss: dict[str, list[float]] = {path: [] for path in paths}
+        cpu: dict[str, list[float]] = {path: [] for path in paths}
         try:
             for attempt in range(args.starts):
                 for path in paths:
@@ -247,11 +255,12 @@ def main() -> None:
                                    " ".join(map(_quote, fetch)) + " && exec "
                                    + " ".join(map(_quote, serving))]
                         env = {"S3_USER": S3_USER, "S3_PASSWORD": S3_PASSWORD}
-                    ready, memory = timed_start(command, port, work / f"{path}.log", env)
+                    ready, memory, used = timed_start(command, port, work / f"{path}.log", env)
                     times[path].append(ready)
                     rss[path].append(memory)
+                    cpu[path].append(used)
                     print(f"{path:18} start {attempt + 1}: ready in {ready:6.2f} s, "
-                          f"RSS {memory:6.0f} MiB", flush=True)
+                          f"RSS {memory:6.0f} MiB, server CPU {used:5.2f} s", flush=True)
             event = api_gateway_event(work)
             python = str(args.light_venv / "bin" / "python") if args.light_venv else sys.executable
             lambda_result = lambda_init(python, compiled, event, args.starts)
@@ -268,6 +277,9 @@ def main() -> None:
     report = {
         "results": results,
         "lambda": lambda_result,
+        # CPU seconds the server process used until ready (median): the machine is shared, so
+        # this says what its own work costs (the download runs in another process).
+        "cpu_s_at_ready": {path: round(statistics.median(cpu[path]), 3) for path in paths},
         "method": {
             "model": "keras.applications.MobileNetV2(weights=None), 224x224, compiled: "
                      f"{', '.join(s.name for s in record.signatures)}",

@@ -101,6 +101,7 @@ def main(**options: Any) -> None:
         host=settings.host,
         port=settings.port,
         workers=1,
+        ws="none",  # no websocket routes: importing a websocket stack costs ~0.1 s of start-up
         log_config=None,  # keep our JSON handler
         log_level=settings.log_level,
         access_log=settings.access_log,

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kakehashi_inference.errors import InvalidInput, PayloadTooLarge
 from kakehashi_inference.runtimes import ImageSpec
@@ -29,6 +28,10 @@ def decode_image(
     data: bytes, index: int, spec: ImageSpec, preprocess: Preprocess, max_pixels: int
 ) -> npt.NDArray[np.float32]:
     """`data` as a (height, width, channels) float32 array scaled as the model expects."""
+    # Pillow is imported on first use (or by `preload()` once the server is ready), not at
+    # start: readiness waits for nothing it does not need.
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             # Our own pixel limit is checked below, before any pixel is decoded.
@@ -68,3 +71,10 @@ def decode_image(
     pixels *= scale
     pixels += offset
     return pixels
+
+
+def preload() -> None:
+    """Import Pillow's decoders now (off the request path, after readiness)."""
+    from PIL import Image, ImageOps  # noqa: F401
+
+    Image.init()

@@ -33,7 +33,7 @@ from kakehashi_inference.errors import (
     summarize,
 )
 from kakehashi_inference.fetch import Downloader
-from kakehashi_inference.images import decode_image
+from kakehashi_inference.images import decode_image, preload
 from kakehashi_inference.metrics import Metrics
 from kakehashi_inference.model import Array, LoadedModel, ModelLoadError, load_model
 from kakehashi_inference.schemas import ImageInput
@@ -120,6 +120,7 @@ class Server:
     @staticmethod
     def _complete(model: LoadedModel) -> None:
         try:
+            preload()
             model.runner.complete()
         except Exception:
             log.warning("Could not build the larger batch interpreters", exc_info=True)
