@@ -4,8 +4,10 @@ the TrainingRun operator reading what the real kubelet reports."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,3 +180,78 @@ def test_trainingrun_with_a_missing_image_reports_imagepullbackoff(
                       and s, timeout=120, what="ImagePullBackOff on the run")
     assert status["phase"] == "Pending"
     assert "does-not-exist" in status["message"]
+
+
+# --- serving on the production cluster's real node ------------------------------------------
+
+def _tiny_savedmodel(directory: Path) -> None:
+    import tensorflow as tf
+
+    class Scorer(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = tf.Variable([[1.0], [2.0], [3.0]])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
+        def score(self, features: Any) -> Any:
+            return {"score": tf.matmul(features, self.weights)}
+
+    module = Scorer()
+    tf.saved_model.save(module, str(directory / "savedmodel"),
+                        signatures={"serving_default": module.score})
+    (directory / "labels.json").write_text("[]")
+
+
+def test_serving_image_with_a_baked_model_is_available_behind_a_service(
+        production: Any, production_namespace: str, dev_env: DevEnvironment,
+        tmp_path: Path) -> None:
+    """The serving image built from inference/Dockerfile, a model baked onto it (compiled,
+    one layer), deployed on the production real node: the Deployment becomes Available on
+    its readiness probe and a client pod gets /ready through the Service's ClusterIP."""
+    pytest.importorskip("tensorflow")
+    from kakehashi.bake.bake import bake
+
+    model = tmp_path / "scorer"
+    model.mkdir()
+    _tiny_savedmodel(model)
+    suffix = uuid.uuid4().hex[:6]
+    baked = bake(model, dev_env.images["serving"], f"{dev_env.registry}/test/scorer-{suffix}",
+                 service="scorer", model_name="scorer", insecure=True)
+    assert baked.compiled
+    labels = {"app": "scorer"}
+    apps, core = client.AppsV1Api(production), client.CoreV1Api(production)
+    apps.create_namespaced_deployment(production_namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "scorer"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {**ON_REAL_NODE, "containers": [{
+                "name": "serve", "image": baked.image, "ports": [{"containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080},
+                                   "periodSeconds": 1},
+                "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}}},
+    })
+    core.create_namespaced_service(production_namespace, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "scorer"},
+        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+    })
+
+    def available() -> bool:
+        status = apps.read_namespaced_deployment_status("scorer", production_namespace).status
+        return any(c.type == "Available" and c.status == "True"
+                   for c in status.conditions or []) and status.ready_replicas == 1
+
+    wait_for(available, timeout=300, what="the serving Deployment Available")
+    [pod] = core.list_namespaced_pod(production_namespace, label_selector="app=scorer").items
+    assert pod.spec.node_name == "production-real"
+    cluster_ip = core.read_namespaced_service("scorer", production_namespace).spec.cluster_ip
+    core.create_namespaced_pod(production_namespace, _pod("client", dev_env.images["base"], [
+        "python", "-c", "import sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+        f"http://{cluster_ip}/ready"]))
+    finished = _finished(core, production_namespace, "client")
+    # Raw bytes: the client library would turn a JSON log into a Python repr.
+    answer = core.read_namespaced_pod_log("client", production_namespace,
+                                          _preload_content=False).data.decode()
+    assert finished.status.phase == "Succeeded", answer
+    ready = json.loads(answer)
+    assert (ready["status"], ready["model"]) == ("ready", "scorer"), ready
