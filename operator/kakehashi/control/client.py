@@ -144,7 +144,7 @@ class Kube:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         query = [("fieldManager", field_manager), ("force", "true" if force else "false")]
         result: dict[str, Any] = self._call(
-            "PATCH", resource.path(namespace, name), json.dumps(body), content_type=APPLY_PATCH, query=query
+            "PATCH", resource.path(namespace, name), body, content_type=APPLY_PATCH, query=query
         )
         return result
 

@@ -101,6 +101,9 @@ def deployment(ms: ModelService, release: Release, namespace: str, track: Track 
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        # A server that dies at start leaves its log's tail in the pod status, and from there
+        # in the ModelService's Degraded message: no kubectl logs needed to see why.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if resources:
         container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
