@@ -39,3 +39,6 @@ images: bootstrap
 benchmarks: bootstrap
 	$(VENV)/python benchmarks/operator_throughput.py
 	$(VENV)/python benchmarks/inference.py
+	$(VENV)/python benchmarks/cold_start.py
+	$(VENV)/python benchmarks/baking.py
+	$(VENV)/python benchmarks/delivery.py

@@ -40,9 +40,9 @@ from kakehashi.modelformat.compiled import (
     ParityProbe,
     TensorSpec,
     Tolerance,
-    file_sha256,
     source_digest,
 )
+from kakehashi.modelformat.digest import file_sha256
 
 log = logging.getLogger(__name__)
 

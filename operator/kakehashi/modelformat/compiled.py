@@ -23,19 +23,16 @@ Pydantic and the standard library only: the light serving image reads this witho
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kakehashi.modelformat.digest import DIGEST_ALGORITHM
-from kakehashi.modelformat.layout import COMPILED_DIR, MODEL_MANIFEST
+from kakehashi.modelformat.digest import content_digest, file_sha256
+from kakehashi.modelformat.layout import COMPILED_DIR
 
 RECORD_FILE: Final = "record.json"
 RECORD_FORMAT: Final = 1
-_CHUNK: Final = 1 << 20
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -125,31 +122,13 @@ def read_record(model_dir: Path) -> CompiledRecord | None:
     return CompiledRecord.model_validate_json(path.read_bytes())
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_digest(root: Path) -> str:
     """The content digest of the model under `root` as trained: `compiled/` left out.
 
-    Same lines as `content_digest` (`<sha256>  <relative path>`, sorted, `model.json` left
-    out), so on a directory without `compiled/` the two are equal (a unit test holds them so).
+    `content_digest` with `compiled/` excluded, so on a directory without `compiled/` the two
+    are equal.
     """
-    found: list[tuple[str, Path]] = []
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = Path(directory) / name
-            relative = path.relative_to(root).as_posix()
-            if relative != MODEL_MANIFEST and not relative.startswith(COMPILED_DIR + "/"):
-                found.append((relative, path))
-    manifest = hashlib.sha256()
-    for relative, path in sorted(found):
-        manifest.update(f"{file_sha256(path)}  {relative}\n".encode())
-    return f"{DIGEST_ALGORITHM}:{manifest.hexdigest()}"
+    return content_digest(root, exclude_dirs=(COMPILED_DIR,))
 
 
 def why_unverified(model_dir: Path, record: CompiledRecord, digest: str) -> str | None:

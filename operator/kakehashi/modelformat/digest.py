@@ -14,7 +14,7 @@ DIGEST_ALGORITHM: Final = "sha256"
 _CHUNK: Final = 1 << 20
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(_CHUNK):
@@ -22,22 +22,24 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_files(root: Path) -> Iterator[tuple[str, Path]]:
+def model_files(root: Path, *, exclude_dirs: tuple[str, ...] = ()) -> Iterator[tuple[str, Path]]:
     """The files that make up a model under `root`, as (posix relative path, path), sorted.
 
     `model.json` is excluded: it carries the digest, so it cannot be part of what is digested.
+    So is every file under one of `exclude_dirs` (relative directory names).
     """
     found: list[tuple[str, Path]] = []
+    prefixes = tuple(f"{d.strip('/')}/" for d in exclude_dirs)
     for directory, _, files in os.walk(root):
         for name in files:
             path = Path(directory) / name
             relative = path.relative_to(root).as_posix()
-            if relative != MODEL_MANIFEST:
+            if relative != MODEL_MANIFEST and not relative.startswith(prefixes):
                 found.append((relative, path))
     yield from sorted(found)
 
 
-def content_digest(root: Path) -> str:
+def content_digest(root: Path, *, exclude_dirs: tuple[str, ...] = ()) -> str:
     """`sha256:<hex>` over the model files under `root`: their relative paths and contents.
 
     Only names and bytes count, never mtimes, permissions or the order the filesystem lists
@@ -46,6 +48,6 @@ def content_digest(root: Path) -> str:
     checked by hand with `sha256sum` and `sort`), and the digest is the sha256 of those lines.
     """
     manifest = hashlib.sha256()
-    for relative, path in model_files(root):
-        manifest.update(f"{_file_sha256(path)}  {relative}\n".encode())
+    for relative, path in model_files(root, exclude_dirs=exclude_dirs):
+        manifest.update(f"{file_sha256(path)}  {relative}\n".encode())
     return f"{DIGEST_ALGORITHM}:{manifest.hexdigest()}"
