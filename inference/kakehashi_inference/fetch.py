@@ -11,13 +11,11 @@ deadline; a semaphore bounds downloads in flight across all requests.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
-from kakehashi.addresses import Allowlist, IPAddress, unmap, why_refused
+from kakehashi.addresses import Allowlist, IPAddress, host_header, resolve, why_refused
 from kakehashi_inference.errors import (
     DownloadTimeout,
     InvalidInput,
@@ -153,23 +151,13 @@ class Downloader:
 
 async def _resolve(host: str, port: int, index: int) -> list[IPAddress]:
     try:
-        literal = ipaddress.ip_address(host.strip("[]"))
-        return [unmap(literal)]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port, type=socket.SOCK_STREAM
-        )
+        addresses = await resolve(host, port)
     except OSError as error:
         raise InvalidInput(f"cannot resolve host {host!r}: {error}", image=index) from None
-    addresses = [unmap(ipaddress.ip_address(info[4][0])) for info in infos]
     if not addresses:
         raise InvalidInput(f"host {host!r} has no address", image=index)
     return addresses
 
 
 def _host_header(url: httpx.URL) -> str:
-    default = 443 if url.scheme == "https" else 80
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    return host if url.port in (None, default) else f"{host}:{url.port}"
+    return host_header(url.scheme, url.host, url.port)

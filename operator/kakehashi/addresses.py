@@ -8,7 +8,9 @@ light serving image can use it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import socket
 from typing import Final
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -62,6 +64,27 @@ def unmap(address: IPAddress) -> IPAddress:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to (a literal is itself), IPv4-mapped ones unmapped.
+
+    Raises OSError when the name does not resolve. The caller checks each address and then
+    connects to one of them, so no second lookup can answer differently (DNS rebinding).
+    """
+    try:
+        return [unmap(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [unmap(ipaddress.ip_address(info[4][0])) for info in infos]
+
+
+def host_header(scheme: str, host: str, port: int | None) -> str:
+    """The Host header for a request sent to a checked address instead of the name."""
+    default = 443 if scheme == "https" else 80
+    name = f"[{host}]" if ":" in host else host
+    return name if port in (None, default) else f"{name}:{port}"
 
 
 def why_refused(address: IPAddress) -> str | None:

@@ -14,15 +14,12 @@ Secret's value: they name the Secret and what is wrong, and end up in Events use
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
 from typing import Any, Final
 
 import httpx
 from pydantic import BaseModel
 
-from kakehashi.addresses import Allowlist, IPAddress, unmap, why_refused
+from kakehashi.addresses import Allowlist, host_header, resolve, why_refused
 from kakehashi.api.trainingrun import Phase, TrainingRun, TrainingRunStatus
 from kakehashi.control.client import Secret
 
@@ -69,18 +66,6 @@ def webhook_url(secret: Secret | None, name: str, key: str) -> str:
     return url
 
 
-async def _resolve(host: str, port: int) -> list[IPAddress]:
-    try:
-        return [unmap(ipaddress.ip_address(host.strip("[]")))]
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise NotificationError("the webhook URL's host name does not resolve") from None
-    return [unmap(ipaddress.ip_address(info[4][0])) for info in infos]
-
-
 async def checked_target(url: str, allowlist: Allowlist, allow_http: bool) -> tuple[httpx.URL, str]:
     """The URL to connect to (host replaced by a checked address) and the host name."""
     try:
@@ -92,7 +77,10 @@ async def checked_target(url: str, allowlist: Allowlist, allow_http: bool) -> tu
     host = parsed.host.lower().rstrip(".")
     if not host:
         raise NotificationError("the webhook URL has no host")
-    addresses = await _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    try:
+        addresses = await resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except OSError:
+        raise NotificationError("the webhook URL's host name does not resolve") from None
     if not addresses:
         raise NotificationError("the webhook URL's host has no address")
     for address in addresses:
@@ -115,14 +103,12 @@ async def send(
     timeout_s: float = 10.0,
 ) -> None:
     target, host = await checked_target(url, allowlist, allow_http)
-    default_port = 443 if target.scheme == "https" else 80
-    host_header = host if target.port in (None, default_port) else f"{host}:{target.port}"
     async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
         try:
             response = await client.post(
                 target,
                 json=message.model_dump(),
-                headers={"Host": host_header},
+                headers={"Host": host_header(target.scheme, host, target.port)},
                 # TLS still verifies the certificate against the name, not the address.
                 extensions={"sni_hostname": host} if target.scheme == "https" else {},
             )

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from local_ports import free_port
+from tiny_models import tiny_savedmodel
 
 from kakehashi.bake import Credentials, Registry, RegistryError, bake
 from kakehashi.bake import mediatypes as mt
@@ -410,24 +411,6 @@ def test_registry_outage_mid_push_then_retry(own_registry: LocalRegistry,
     assert again.stats.bytes_uploaded == 0
 
 
-def _tiny_savedmodel(directory: Path) -> None:
-    import tensorflow as tf
-
-    class Scorer(tf.Module):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.weights = tf.Variable([[1.0], [2.0], [3.0]])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
-        def score(self, features: Any) -> Any:
-            return {"score": tf.matmul(features, self.weights)}
-
-    module = Scorer()
-    tf.saved_model.save(module, str(directory / "savedmodel"),
-                        signatures={"serving_default": module.score})
-    (directory / "labels.json").write_text("[]")
-
-
 def test_bake_from_s3_compiles_once_and_writes_the_compiled_form_back(
         dev_env: DevEnvironment, s3: Any, tmp_path: Path) -> None:
     """A model with no compiled form is compiled by the bake (TensorFlow here, as in the
@@ -438,7 +421,7 @@ def test_bake_from_s3_compiles_once_and_writes_the_compiled_form_back(
     pytest.importorskip("tensorflow")
     source = tmp_path / "trained"
     source.mkdir()
-    _tiny_savedmodel(source)
+    tiny_savedmodel(source)
     uri = f"s3://{dev_env.s3.model_bucket}/test-bake/{uuid.uuid4().hex[:8]}/"
     upload_directory(s3, source, uri)
     registry = Registry(dev_env.registry, insecure=True)

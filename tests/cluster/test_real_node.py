@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from tiny_models import tiny_savedmodel
 from trainingruns import Runs, wait_for
 
 from kakehashi.dev import node as real_node
@@ -184,24 +185,6 @@ def test_trainingrun_with_a_missing_image_reports_imagepullbackoff(
 
 # --- serving on the production cluster's real node ------------------------------------------
 
-def _tiny_savedmodel(directory: Path) -> None:
-    import tensorflow as tf
-
-    class Scorer(tf.Module):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.weights = tf.Variable([[1.0], [2.0], [3.0]])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
-        def score(self, features: Any) -> Any:
-            return {"score": tf.matmul(features, self.weights)}
-
-    module = Scorer()
-    tf.saved_model.save(module, str(directory / "savedmodel"),
-                        signatures={"serving_default": module.score})
-    (directory / "labels.json").write_text("[]")
-
-
 def test_serving_image_with_a_baked_model_is_available_behind_a_service(
         production: Any, production_namespace: str, dev_env: DevEnvironment,
         tmp_path: Path) -> None:
@@ -213,7 +196,7 @@ def test_serving_image_with_a_baked_model_is_available_behind_a_service(
 
     model = tmp_path / "scorer"
     model.mkdir()
-    _tiny_savedmodel(model)
+    tiny_savedmodel(model)
     suffix = uuid.uuid4().hex[:6]
     baked = bake(model, dev_env.images["serving"], f"{dev_env.registry}/test/scorer-{suffix}",
                  service="scorer", model_name="scorer", insecure=True)

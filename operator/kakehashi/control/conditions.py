@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,3 +46,11 @@ def condition(
 
 def find(conditions: Sequence[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
+
+
+def true_condition(obj: Mapping[str, Any] | None, *types: str) -> Mapping[str, Any] | None:
+    """The first condition of one of `types` with status True in a raw object's status."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") in types and cond.get("status") == "True":
+            return dict(cond)
+    return None

@@ -37,7 +37,6 @@ SERVICES: Final = Resource("", "v1", "services", "Service")
 HPAS: Final = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
 PDBS: Final = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 HTTPROUTES: Final = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
-NAMESPACES_KIND: Final = "Namespace"
 
 BY_KIND: Final = {r.kind: r for r in (PODS, SECRETS, JOBS, TFJOBS, DEPLOYMENTS, SERVICES, HPAS, PDBS, HTTPROUTES)}
 

@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from kakehashi import GROUP
 from kakehashi.api.modelservice import ModelService
 from kakehashi.podenv import s3_env
+from kakehashi.serving.render import LABEL_SERVICE
 from kakehashi.serving.status import ResolvedModel
 from kakehashi.settings import OperatorSettings
 
-LABEL_SERVICE: Final = f"{GROUP}/modelservice"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 ANNOTATION_MODEL_DIGEST: Final = f"{GROUP}/model-digest"
 ANNOTATION_BASE_IMAGE: Final = f"{GROUP}/base-image"

@@ -15,8 +15,9 @@ from kakehashi import GROUP, VERSION
 from kakehashi.api.modelservice import PLURAL
 from kakehashi.control import kopfsetup
 from kakehashi.control.controller import Key
-from kakehashi.serving.bakejob import LABEL_COMPONENT, LABEL_SERVICE
+from kakehashi.serving.bakejob import LABEL_COMPONENT
 from kakehashi.serving.reconciler import ServiceReconciler
+from kakehashi.serving.render import LABEL_SERVICE
 
 _BAKE: dict[str, Any] = {LABEL_SERVICE: kopf.PRESENT, LABEL_COMPONENT: "bake"}
 

@@ -22,7 +22,7 @@ from kakehashi.api.modelservice import (
     ModelServiceStatus,
     Phase,
 )
-from kakehashi.control.conditions import Condition, ConditionStatus, condition
+from kakehashi.control.conditions import Condition, ConditionStatus, condition, true_condition
 from kakehashi.modelformat import now_rfc3339
 from kakehashi.serving.render import ANNOTATION_MODEL_DIGEST, Release
 
@@ -77,13 +77,6 @@ class Verdict:
     message: str
 
 
-def _true(obj: Obj | None, type_: str) -> Obj | None:
-    for cond in (obj or {}).get("status", {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return dict(cond)
-    return None
-
-
 def pod_problem(pod: Obj) -> Problem | None:
     """Why a pod does not become ready, in words an on-call engineer acts on."""
     name = pod.get("metadata", {}).get("name", "?")
@@ -120,7 +113,7 @@ def _bake_error(text: str) -> str:
 
 def bake_problem(job: Obj | None, pods: Sequence[Obj]) -> Problem | None:
     """Why the bake failed, or is failing and being retried (reason BakeRetrying)."""
-    failed = _true(job, "Failed")
+    failed = true_condition(job, "Failed")
     message = ""
     for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True):
         for cstatus in (pod.get("status") or {}).get("containerStatuses") or []:

@@ -25,7 +25,7 @@ from kakehashi.api.trainingrun import (
     TrainingRun,
     TrainingRunStatus,
 )
-from kakehashi.control.conditions import Condition, ConditionStatus, condition
+from kakehashi.control.conditions import Condition, ConditionStatus, condition, true_condition
 from kakehashi.modelformat import ModelArtifact, now_rfc3339
 from kakehashi.training.children import (
     ANNOTATION_GENERATION,
@@ -72,19 +72,6 @@ class Observed:
 
 def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _conditions(obj: Obj | None) -> list[Obj]:
-    if not obj:
-        return []
-    return list((obj.get("status") or {}).get("conditions") or [])
-
-
-def _true(obj: Obj | None, *types: str) -> Obj | None:
-    for cond in _conditions(obj):
-        if cond.get("type") in types and cond.get("status") == "True":
-            return cond
-    return None
 
 
 @dataclass(frozen=True)
@@ -184,9 +171,9 @@ def _pod_facts(pods: Sequence[Obj], logs: Mapping[str, str]) -> _PodFacts:
 
 
 def _job_verdict(run: TrainingRun, job: Obj, facts: _PodFacts) -> Verdict:
-    if _true(job, "Complete", "SuccessCriteriaMet"):
+    if true_condition(job, "Complete", "SuccessCriteriaMet"):
         return Verdict(Phase.SUCCEEDED, "Completed", f"Job {job['metadata']['name']} completed")
-    failed = _true(job, "Failed", "FailureTarget")
+    failed = true_condition(job, "Failed", "FailureTarget")
     if failed:
         reason = failed.get("reason") or "Failed"
         message = failed.get("message") or ""
@@ -208,9 +195,9 @@ def _job_verdict(run: TrainingRun, job: Obj, facts: _PodFacts) -> Verdict:
 
 
 def _tfjob_verdict(run: TrainingRun, tfjob: Obj, facts: _PodFacts) -> Verdict:
-    if _true(tfjob, "Succeeded"):
+    if true_condition(tfjob, "Succeeded"):
         return Verdict(Phase.SUCCEEDED, "Completed", f"TFJob {tfjob['metadata']['name']} succeeded")
-    failed = _true(tfjob, "Failed")
+    failed = true_condition(tfjob, "Failed")
     if failed:
         message = failed.get("message") or ""
         if "deadline" in message.lower():

@@ -88,5 +88,13 @@ def test_a_canary_gets_its_own_deployment_and_a_weighted_route() -> None:
 
 
 def test_rendering_is_deterministic() -> None:
-    ms = service(replicas=2)
-    assert render.render(ms, Release(IMAGE, DIGEST), "prod") == render.render(ms, Release(IMAGE, DIGEST), "prod")
+    # Fixed expected names, labels and order, not two renders in one process: a restarted
+    # operator must render the same objects, or server-side apply and pruning would churn.
+    objects = render.render(service(replicas=2), Release(IMAGE, DIGEST), "prod")
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("Deployment", "digits"), ("Service", "digits"), ("PodDisruptionBudget", "digits")]
+    assert objects[0]["spec"]["selector"]["matchLabels"] == {
+        "kakehashi.dev/modelservice": "digits", "kakehashi.dev/track": "stable"}
+    assert [e["name"] for e in objects[0]["spec"]["template"]["spec"]["containers"][0]["env"]] == [
+        "KAKEHASHI_MODEL_NAME", "KAKEHASHI_MODEL_DIR", "KAKEHASHI_PORT", "KAKEHASHI_MAX_BATCH_SIZE",
+        "KAKEHASHI_MAX_WAIT_MS"]

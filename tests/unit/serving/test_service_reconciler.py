@@ -152,6 +152,14 @@ class World:
                 "exitCode": 0, "message": json.dumps({"image": image, "modelDigest": digest})}}}]},
         }]
 
+    def deploy(self, image: str = IMAGE, digest: str = DIGEST) -> dict[str, Any]:
+        """Bake (the Job reports `image`), apply, and let two pods serve `digest`."""
+        self.reconcile()
+        self.finish_bake(image, digest)
+        self.reconcile()
+        self.production.serve(digest, 2, image=image)
+        return self.reconcile()
+
     def condition(self, status: dict[str, Any], type_: str) -> dict[str, Any]:
         return next(c for c in status["conditions"] if c["type"] == type_)
 
@@ -236,18 +244,10 @@ def test_rollout_in_progress_is_not_ready_while_old_pods_still_serve() -> None:
 
 def test_rollback_returns_to_an_earlier_image_without_baking() -> None:
     world = World()
-    world.reconcile()
-    world.finish_bake()
-    world.reconcile()
-    world.production.serve(DIGEST, 2)
-    world.reconcile()
+    world.deploy()
     # A second model is deployed...
     world.runs[(NS, "digits")] = [run_body(digest=DIGEST2)]
-    world.reconcile()
-    world.finish_bake(IMAGE2, DIGEST2)
-    world.reconcile()
-    world.production.serve(DIGEST2, 2, image=IMAGE2)
-    status = world.reconcile()
+    status = world.deploy(IMAGE2, DIGEST2)
     assert [h["image"] for h in status["history"]] == [IMAGE, IMAGE2]
     bakes = len(world.kube.created)
     # ...and rolled back to entry 1.
@@ -264,11 +264,7 @@ def test_rollback_returns_to_an_earlier_image_without_baking() -> None:
 
 def test_the_same_model_again_is_not_baked_again() -> None:
     world = World()
-    world.reconcile()
-    world.finish_bake()
-    world.reconcile()
-    world.production.serve(DIGEST, 2)
-    world.reconcile()
+    world.deploy()
     world.jobs.clear()
     world.pods.clear()  # the bake Job's TTL removed it
     world.services[KEY][0]["spec"]["replicas"] = 3
