@@ -184,7 +184,7 @@ class Reconciler(Controller):
         if outcome.phase == Phase.SUCCEEDED:
             model, definite, retrying = await self._read_model(output_uri)
             observed = Observed(child=child, pods=pods, model=model, model_error=definite, model_retrying=retrying)
-        elif outcome.phase == Phase.FAILED and "last log lines" not in outcome.message:
+        elif outcome.phase == Phase.FAILED and outcome.reason != "InvalidSpec":
             logs = await self._log_tails(pods)
             if logs:
                 observed = Observed(child=child, pods=pods, child_deleted=child_deleted, logs=logs)
@@ -247,7 +247,7 @@ class Reconciler(Controller):
             status = pod.get("status") or {}
             for cstatus in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
                 term = (cstatus.get("state") or {}).get("terminated") or {}
-                if term.get("exitCode") and not term.get("message"):
+                if term.get("exitCode") or term.get("reason") == "OOMKilled":
                     text = await self.io(
                         self.kube.log_tail, pod["metadata"]["namespace"], pod_name, cstatus["name"], LOG_TAIL_LINES
                     )

@@ -66,7 +66,9 @@ class Observed:
     model_retrying: str | None = None
     # The run cannot start: the operator or the API server refused its spec (InvalidSpec).
     refusal: Verdict | None = None
-    # Log tails fetched from the API when a failed container left no termination message.
+    # Log tails of failed containers read through the API after the fact. Preferred over the
+    # termination message: the kubelet's FallbackToLogsOnError snapshot is taken at exit, when
+    # the runtime may not have copied the last stderr lines (the traceback) to the log yet.
     logs: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -93,7 +95,7 @@ def _container_failure(pod: Obj, status: Obj, init: bool, logs: Mapping[str, str
         return None
     name = status.get("name", "?")
     pod_name = pod.get("metadata", {}).get("name", "?")
-    log = terminated.get("message") or logs.get(f"{pod_name}/{name}", "")
+    log = logs.get(f"{pod_name}/{name}") or terminated.get("message") or ""
     tail = f"; last log lines:\n{_tail(log)}" if log.strip() else ""
     if reason == "OOMKilled":
         limit = _memory_limit(pod, name)

@@ -138,6 +138,15 @@ def test_log_tail_from_the_api_when_no_termination_message() -> None:
     assert verdict(run(), observed).message.endswith("boom")
 
 
+def test_the_complete_log_read_after_exit_wins_over_the_kubelets_snapshot() -> None:
+    # FallbackToLogsOnError is read at exit; the last stderr line can still be in flight.
+    snapshot = "epoch 28\nepoch 29"
+    observed = Observed(child=job(("Failed", "BackoffLimitExceeded", "")),
+                        pods=[pod("Failed", containers=[terminated(3, message=snapshot)])],
+                        logs={"r-abc/trainer": "epoch 28\nepoch 29\nValueError: bad shape"})
+    assert verdict(run(), observed).message.endswith("epoch 29\nValueError: bad shape")
+
+
 def test_deadline_exceeded() -> None:
     observed = Observed(child=job(("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")),
                         pods=[pod()])
