@@ -20,6 +20,9 @@ class LazyGroup(click.Group):
         "demo": "kakehashi.demo:demo",
         "operator": "kakehashi.runner:operator_group",
         "bake": "kakehashi.bake.cli:bake_command",
+        # The notebook SDK's verbs (kakehashi[sdk]).
+        **{verb: f"kakehashi.sdk.cli:{verb}"
+           for verb in ("train", "runs", "status", "logs", "deploy", "services", "rollback", "predict")},
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
