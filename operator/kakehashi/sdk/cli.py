@@ -59,7 +59,9 @@ def errors(func: F) -> F:
 def _connect(kubeconfig: str | None, namespace: str | None) -> Connection:
     from kakehashi.sdk.connection import connect
 
-    return connect(kubeconfig, namespace)
+    connection = connect(kubeconfig, namespace)
+    connection.via = "kakehashi cli"
+    return connection
 
 
 def _pairs(values: Iterable[str], what: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ explicit kubeconfig or namespace wins over both.
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -36,10 +37,26 @@ class Connection:
 
     api: client.ApiClient
     namespace: str
+    # Recorded with who changed a ModelService (its history's changedBy): the SDK or the CLI.
+    via: str = "kakehashi sdk"
     kube: Kube = field(init=False)
+    _identity: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.kube = Kube(self.api)
+
+    def identity(self) -> str:
+        """Who this is to the API server (a SelfSubjectReview: the user or service account),
+        else the local user; and through what, for a ModelService's history."""
+        if self._identity is None:
+            try:
+                review = client.AuthenticationV1Api(self.api).create_self_subject_review(
+                    client.V1SelfSubjectReview(), _request_timeout=10)
+                user = str(review.status.user_info.username)
+            except Exception:  # an older API server, or no permission: the local user will do
+                user = getpass.getuser()
+            self._identity = f"{user} via {self.via}"
+        return self._identity
 
     @classmethod
     def from_environment(cls, kubeconfig: Path | str | None = None, namespace: str | None = None) -> Connection:

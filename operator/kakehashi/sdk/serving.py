@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from kakehashi import GROUP
 from kakehashi.api import modelservice as api
 from kakehashi.api.modelservice import (
     ModelServiceSpec,
@@ -28,6 +29,9 @@ PHASES: Final = [Phase.BAKING.value, Phase.DEPLOYING.value, Phase.READY.value]
 DEFAULT_TIMEOUT_S: Final = 900.0
 # The Secret a team keeps its production kubeconfig in (README, "Serving a model").
 DEFAULT_KUBECONFIG_SECRET: Final = "production"
+# Read by the operator (serving.reconciler.ANNOTATION_CHANGED_BY; a unit test keeps them equal)
+# into status.history's changedBy.
+CHANGED_BY: Final = f"{GROUP}/changed-by"
 
 
 def render_spec(
@@ -114,6 +118,10 @@ class ModelService:
     def status(self) -> ModelServiceStatus:
         return ModelServiceStatus.model_validate(self.object.get("status") or {})
 
+    def _changed_by(self) -> dict[str, str]:
+        """The annotation the operator records in status.history as who changed the spec."""
+        return {CHANGED_BY: self.connection.identity()}
+
     def apply(self, spec: ModelServiceSpec) -> ModelService:
         """Create the service, or update it to `spec`.
 
@@ -121,12 +129,14 @@ class ModelService:
         names the model to serve, and a rollback left in the spec would override it. Fields
         not given (a canary someone added) stay."""
         dumped = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        annotations = self._changed_by()
         body = {"apiVersion": api.RESOURCE.api_version, "kind": api.KIND,
-                "metadata": {"name": self.name, "namespace": self.namespace}, "spec": dumped}
+                "metadata": {"name": self.name, "namespace": self.namespace, "annotations": annotations},
+                "spec": dumped}
         obj, created = self.connection.kube.create(api.RESOURCE, body)
         if not created:
-            patched = self.connection.kube.patch(api.RESOURCE, self.namespace, self.name,
-                                                 {"spec": {**dumped, "rollbackTo": None}})
+            patched = self.connection.kube.patch(api.RESOURCE, self.namespace, self.name, {
+                "metadata": {"annotations": annotations}, "spec": {**dumped, "rollbackTo": None}})
             if patched is None:
                 raise NotFound(f"ModelService {self.namespace}/{self.name} was deleted while being updated")
             obj = patched
@@ -146,8 +156,8 @@ class ModelService:
             if not earlier:
                 raise KakehashiError(f"every deploy in {self.name!r}'s history is the image serving now")
             to = earlier[-1].id
-        patched = self.connection.kube.patch(api.RESOURCE, self.namespace, self.name,
-                                             {"spec": {"rollbackTo": str(to)}})
+        patched = self.connection.kube.patch(api.RESOURCE, self.namespace, self.name, {
+            "metadata": {"annotations": self._changed_by()}, "spec": {"rollbackTo": str(to)}})
         if patched is None:
             raise NotFound(f"ModelService {self.namespace}/{self.name} does not exist")
         self._object = patched

@@ -59,3 +59,7 @@ class FakeConnection:
         self.kube = FakeKube()
         self.namespace = namespace
         self.api = None
+        self.via = "kakehashi sdk"
+
+    def identity(self) -> str:
+        return f"ada via {self.via}"

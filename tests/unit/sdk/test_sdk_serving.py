@@ -48,6 +48,15 @@ def test_updating_a_service_replaces_the_model_and_clears_a_rollback() -> None:
     stored = connection.kube.objects[("modelservices", "team", "digits")]
     assert stored["spec"]["model"] == {"trainingRun": "v2"} and "rollbackTo" not in stored["spec"]
     assert stored["metadata"]["generation"] == 2
+    # Who changed it goes into the service's history (the operator reads this annotation).
+    assert stored["metadata"]["annotations"] == {"kakehashi.dev/changed-by": "ada via kakehashi sdk"}
+
+
+def test_the_changed_by_annotation_is_the_operators() -> None:
+    from kakehashi.sdk.serving import CHANGED_BY
+    from kakehashi.serving.reconciler import ANNOTATION_CHANGED_BY
+
+    assert CHANGED_BY == ANNOTATION_CHANGED_BY
 
 
 def _history(connection: FakeConnection, image: str) -> None:
@@ -63,9 +72,10 @@ def test_rollback_defaults_to_the_deploy_before_the_current_one() -> None:
     service = _service(connection).apply(render_spec(training_run="v1", registry="r/m", production_namespace="p"))
     _history(connection, "r/m@sha256:3")
     service.rollback()
-    assert connection.kube.patches[-1] == {"spec": {"rollbackTo": "2"}}
+    assert connection.kube.patches[-1]["spec"] == {"rollbackTo": "2"}
     service.rollback(1)
-    assert connection.kube.patches[-1] == {"spec": {"rollbackTo": "1"}}
+    assert connection.kube.patches[-1]["spec"] == {"rollbackTo": "1"}
+    assert connection.kube.patches[-1]["metadata"]["annotations"]["kakehashi.dev/changed-by"] == "ada via kakehashi sdk"
 
 
 def test_rollback_without_an_earlier_deploy_says_so() -> None:
