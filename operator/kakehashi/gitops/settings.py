@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,17 @@ class BotSettings(BaseSettings):
     deliveries_remembered: int = Field(
         default=10_000, ge=100, description="Delivery GUIDs kept for deduplication (GitHub redelivers with the same GUID)."
     )
+    production_kubeconfig: Path | None = Field(
+        default=None, description="Kubeconfig of the production cluster (unset: in-cluster, then KUBECONFIG)."
+    )
+    learning_kubeconfig: Path | None = Field(
+        default=None, description="Kubeconfig of the learning cluster, for /train (unset: /train is refused)."
+    )
+    namespace: str = Field(default="default", description="Production namespace of objects that name none.")
+    learning_namespace: str = Field(default="default", description="Namespace of /train's TrainingRuns that name none.")
+    kubectl: str = Field(default="kubectl", description="The kubectl binary (kustomize build, server-side diff).")
+    rollout_timeout_seconds: float = Field(default=300.0, gt=0, description="How long a rollout may take to be ready.")
+    log_format: Literal["json", "plain"] = Field(default="json", description="Log line format.")
     host: str = Field(default="0.0.0.0", description="Address the webhook server listens on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port the webhook server listens on.")
 

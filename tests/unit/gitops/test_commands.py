@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REVIEWER, GitOpsRepo, Harness, RecordingCluster, open_pr, running_bot
+from conftest import RecordingCluster, open_service_pr
+from github_standin.harness import REVIEWER, GitOpsRepo, Harness, running_bot
 from github_standin.server import StandIn
 
 from kakehashi.gitops import commands as cmd
@@ -60,7 +61,7 @@ def run(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, scenario: Any) -> Re
     cluster = RecordingCluster()
 
     async def main() -> None:
-        async with running_bot(standin, repo, tmp_path, cluster) as harness:
+        async with running_bot(standin, repo, tmp_path / "bot-checkout", cluster) as harness:
             await scenario(harness)
 
     asyncio.run(main())
@@ -68,7 +69,7 @@ def run(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, scenario: Any) -> Re
 
 
 def test_help_and_did_you_mean(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
 
     async def scenario(h: Harness) -> None:
         await h.deliver(payload("/help"))
@@ -88,7 +89,7 @@ def test_help_and_did_you_mean(standin: StandIn, repo: GitOpsRepo, tmp_path: Pat
 def test_diff_posts_the_cluster_diff_per_changed_service(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    sha = open_pr(repo, standin.state, 7, digest="5", approved=False)
+    sha = open_service_pr(repo, standin.state, 7, digest="5", approved=False)
 
     async def scenario(h: Harness) -> None:
         await h.deliver(payload("/diff production"))
@@ -106,7 +107,7 @@ def test_diff_posts_the_cluster_diff_per_changed_service(
 def test_rollback_needs_write_and_takes_the_services_lock(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
 
     async def scenario(h: Harness) -> None:
         await h.deliver(payload("/rollback digits 2", commenter="reader"))
@@ -122,7 +123,7 @@ def test_rollback_needs_write_and_takes_the_services_lock(
 def test_train_reports_metrics_and_gate_with_a_status(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    sha = open_pr(repo, standin.state, 7, approved=False)
+    sha = open_service_pr(repo, standin.state, 7, approved=False)
 
     async def scenario(h: Harness) -> None:
         await h.deliver(payload("/train"))

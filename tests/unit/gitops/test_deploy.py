@@ -9,16 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from conftest import RecordingCluster, open_service_pr
+from github_standin.harness import (
     AUTHOR,
     REVIEWER,
     SECRET,
     TOKEN,
     GitOpsRepo,
     Harness,
-    RecordingCluster,
     git,
-    open_pr,
     running_bot,
 )
 from github_standin.server import PullRequestState, ReviewState, StandIn
@@ -33,7 +32,7 @@ def run(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, scenario: Scenario,
     cluster = cluster or RecordingCluster()
 
     async def main() -> None:
-        async with running_bot(standin, repo, tmp_path, cluster, **options) as harness:
+        async with running_bot(standin, repo, tmp_path / "bot-checkout", cluster, **options) as harness:
             await scenario(harness)
 
     asyncio.run(main())
@@ -43,7 +42,7 @@ def run(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, scenario: Scenario,
 def test_deploy_applies_the_approved_head_then_merges_with_statuses(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    sha = open_pr(repo, standin.state, 7, digest="3")
+    sha = open_service_pr(repo, standin.state, 7, digest="3")
 
     async def scenario(h: Harness) -> None:
         answer = await h.deliver(payload("Looks good.\n/deploy production"))
@@ -63,7 +62,7 @@ def test_deploy_applies_the_approved_head_then_merges_with_statuses(
 def test_failed_rollout_is_a_failure_status_and_nothing_is_merged(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    sha = open_pr(repo, standin.state, 7)
+    sha = open_service_pr(repo, standin.state, 7)
     cluster = RecordingCluster(result=ApplyResult(False, "rollout failed: 0/2 ready (CrashLoopBackOff); 1.0 still serves"))
 
     async def scenario(h: Harness) -> None:
@@ -81,7 +80,7 @@ def test_failed_rollout_is_a_failure_status_and_nothing_is_merged(
 def test_approval_of_an_older_commit_does_not_count(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    old = open_pr(repo, standin.state, 7, approved=True)
+    old = open_service_pr(repo, standin.state, 7, approved=True)
     new = repo.push_to_pr(7, {"production/digits/extra.txt": "pushed after the review\n"})
     standin.state.pulls[7].head_sha = new
 
@@ -99,7 +98,7 @@ def test_approval_of_an_older_commit_does_not_count(
 def test_the_authors_own_approval_and_a_later_change_request_do_not_count(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    sha = open_pr(repo, standin.state, 7, approved=False)
+    sha = open_service_pr(repo, standin.state, 7, approved=False)
     standin.state.reviews[7] = [
         ReviewState(AUTHOR, "APPROVED", sha),
         ReviewState(REVIEWER, "APPROVED", sha),
@@ -115,7 +114,7 @@ def test_the_authors_own_approval_and_a_later_change_request_do_not_count(
 
 
 def test_pr_not_mergeable_is_refused(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
-    sha = open_pr(repo, standin.state, 7)
+    sha = open_service_pr(repo, standin.state, 7)
     standin.state.pulls[7].mergeable, standin.state.pulls[7].mergeable_state = False, "dirty"
 
     async def scenario(h: Harness) -> None:
@@ -128,7 +127,7 @@ def test_pr_not_mergeable_is_refused(standin: StandIn, repo: GitOpsRepo, tmp_pat
 
 
 def test_head_moved_between_command_and_apply(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
-    sha = open_pr(repo, standin.state, 7)
+    sha = open_service_pr(repo, standin.state, 7)
     moved = repo.push_to_pr(7, {"production/digits/extra.txt": "pushed while the deploy waited\n"})
     reads = 0
 
@@ -152,7 +151,7 @@ def test_head_moved_between_command_and_apply(standin: StandIn, repo: GitOpsRepo
 
 def test_merge_is_guarded_by_the_applied_sha(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
     """A push landing after the apply but before the merge: GitHub's 409 (merge with sha=)."""
-    sha = open_pr(repo, standin.state, 7)
+    sha = open_service_pr(repo, standin.state, 7)
     moved = repo.push_to_pr(7, {"production/digits/extra.txt": "pushed during the rollout\n"})
     cluster = RecordingCluster()
     original = cluster.apply
@@ -177,9 +176,9 @@ def test_merge_is_guarded_by_the_applied_sha(standin: StandIn, repo: GitOpsRepo,
 def test_two_concurrent_deploys_take_turns_and_the_second_is_told_who_holds_the_lock(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    first = open_pr(repo, standin.state, 7, digest="3")
+    first = open_service_pr(repo, standin.state, 7, digest="3")
     # Another file of the same service: the same lock, and no merge conflict with #7.
-    second = open_pr(repo, standin.state, 8, file="hpa.yaml")
+    second = open_service_pr(repo, standin.state, 8, file="hpa.yaml")
     cluster = RecordingCluster(gate=asyncio.Event())
 
     async def scenario(h: Harness) -> None:
@@ -205,8 +204,8 @@ def test_two_concurrent_deploys_take_turns_and_the_second_is_told_who_holds_the_
 def test_deploys_of_different_services_do_not_wait_for_each_other(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    open_pr(repo, standin.state, 7, service="digits")
-    open_pr(repo, standin.state, 8, service="other")
+    open_service_pr(repo, standin.state, 7, service="digits")
+    open_service_pr(repo, standin.state, 8, service="other")
     cluster = RecordingCluster(gate=asyncio.Event())
 
     async def scenario(h: Harness) -> None:
@@ -227,7 +226,7 @@ def test_deploys_of_different_services_do_not_wait_for_each_other(
 def test_unlock_cancels_the_deploy_holding_the_environment(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    sha = open_pr(repo, standin.state, 7)
+    sha = open_service_pr(repo, standin.state, 7)
     cluster = RecordingCluster(gate=asyncio.Event())  # never set: the rollout "hangs"
 
     async def scenario(h: Harness) -> None:
@@ -244,7 +243,7 @@ def test_unlock_cancels_the_deploy_holding_the_environment(
 
 
 def test_a_fork_pr_is_refused(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
     standin.state.pulls[7].head_repository = "mallory/Hello-World"
 
     async def scenario(h: Harness) -> None:
@@ -260,7 +259,7 @@ def test_a_fork_pr_is_refused(standin: StandIn, repo: GitOpsRepo, tmp_path: Path
 def test_commenter_without_write_permission_is_refused(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any, role: str | None, expected: str
 ) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
     if role is None:
         standin.state.roles.pop("Codertocat")
     else:
@@ -277,7 +276,7 @@ def test_commenter_without_write_permission_is_refused(
 
 def test_environment_allowlist_users_and_teams(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
     """staging allows user someone-else and team Codertocat/sre; write permission alone is not enough."""
-    sha = open_pr(repo, standin.state, 7, env="staging")
+    sha = open_service_pr(repo, standin.state, 7, env="staging")
 
     async def scenario(h: Harness) -> None:
         await h.deliver(payload("/deploy staging"))
@@ -294,7 +293,7 @@ def test_environment_allowlist_users_and_teams(standin: StandIn, repo: GitOpsRep
 def test_unknown_environment_lists_the_configured_ones(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
 
     async def scenario(h: Harness) -> None:
         await h.deliver(payload("/deploy prod"))
@@ -324,7 +323,7 @@ def test_the_allowlist_is_read_from_the_base_branch_not_from_the_pr(
 def test_secrets_reach_no_comment_and_no_log(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
     caplog.set_level("DEBUG")
 
     async def scenario(h: Harness) -> None:

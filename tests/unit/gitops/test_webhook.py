@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET, GitOpsRepo, Harness, RecordingCluster, open_pr, running_bot
+from conftest import RecordingCluster, open_service_pr
+from github_standin.harness import SECRET, GitOpsRepo, Harness, running_bot
 from github_standin.server import StandIn
 from pydantic import ValidationError
 
@@ -25,7 +26,7 @@ def run(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, scenario: Any, clust
     cluster = cluster or RecordingCluster()
 
     async def main() -> None:
-        async with running_bot(standin, repo, tmp_path, cluster) as harness:
+        async with running_bot(standin, repo, tmp_path / "bot-checkout", cluster) as harness:
             await scenario(harness)
 
     asyncio.run(main())
@@ -35,7 +36,7 @@ def run(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, scenario: Any, clust
 def test_forged_unsigned_and_sha1_only_deliveries_are_refused_before_anything_runs(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
 ) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
     body = json.dumps(payload("/deploy production")).encode()
     sha1 = "sha1=" + hmac.new(SECRET.encode(), body, hashlib.sha1).hexdigest()
     wrong_key = "sha256=" + hmac.new(b"not-the-secret-at-all-0000", body, hashlib.sha256).hexdigest()
@@ -63,7 +64,7 @@ def test_forged_unsigned_and_sha1_only_deliveries_are_refused_before_anything_ru
 
 
 def test_a_redelivery_runs_nothing_twice(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
-    sha = open_pr(repo, standin.state, 7)
+    sha = open_service_pr(repo, standin.state, 7)
 
     async def scenario(h: Harness) -> None:
         first = await h.deliver(payload("/deploy production"), guid="72d3162e-cc78-11e3-81ab-4c9367dc0958")
@@ -78,7 +79,7 @@ def test_a_redelivery_runs_nothing_twice(standin: StandIn, repo: GitOpsRepo, tmp
 
 
 def test_a_forged_delivery_cannot_use_up_a_guid(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
 
     async def scenario(h: Harness) -> None:
         guid = "11111111-2222-3333-4444-555555555555"
@@ -104,7 +105,7 @@ def test_a_forged_delivery_cannot_use_up_a_guid(standin: StandIn, repo: GitOpsRe
 def test_edited_bot_and_non_pr_comments_are_ignored(
     standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any, kwargs: dict[str, Any], event: str, reason: str
 ) -> None:
-    open_pr(repo, standin.state, 7)
+    open_service_pr(repo, standin.state, 7)
 
     async def scenario(h: Harness) -> None:
         answer = await h.deliver(payload("/deploy production", **kwargs), event=event)
@@ -127,7 +128,7 @@ def test_prose_without_a_command_is_ignored(standin: StandIn, repo: GitOpsRepo, 
 
 def test_the_answer_comes_before_the_work(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
     """GitHub gives a delivery 10 s; a rollout takes longer. The 202 must not wait for it."""
-    sha = open_pr(repo, standin.state, 7)
+    sha = open_service_pr(repo, standin.state, 7)
     cluster = RecordingCluster(gate=asyncio.Event())
 
     async def scenario(h: Harness) -> None:

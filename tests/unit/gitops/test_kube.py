@@ -1,0 +1,99 @@
+"""The Kubernetes side's pure parts: when a rollout counts as done or failed, what a rollback
+returns to, how a TrainingRun is named per commit; and the command refusing a bad start."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from kakehashi.gitops import kube
+from kakehashi.gitops.cli import main
+from kakehashi.gitops.cluster import Origin
+from kakehashi.serving import render
+
+DIGEST = "sha256:" + "a" * 64
+OLD = "sha256:" + "b" * 64
+
+
+def deployment(replicas: int = 2, *, generation: int = 2, observed: int = 2, updated: int = 2,
+               available: int = 2, total: int = 2, digest: str | None = None) -> dict[str, Any]:
+    template: dict[str, Any] = {"spec": {"containers": [{"name": "server", "image": f"r/digits@{DIGEST}"}]}}
+    if digest:
+        template["metadata"] = {"annotations": {render.ANNOTATION_MODEL_DIGEST: digest}}
+    return {"kind": "Deployment", "metadata": {"name": "digits", "generation": generation},
+            "spec": {"replicas": replicas, "template": template},
+            "status": {"observedGeneration": observed, "updatedReplicas": updated,
+                       "availableReplicas": available, "replicas": total}}
+
+
+@pytest.mark.parametrize(
+    ("live", "served", "done", "says"),
+    [
+        (deployment(), {}, True, "ready: 2 replica(s)"),
+        (deployment(observed=1), {}, False, "2/2 updated"),
+        (deployment(updated=1, total=3), {}, False, "1/2 updated, 2 available, 2 old"),
+        (deployment(total=3), {}, False, "1 old"),  # an old replica still there: not done
+        (deployment(digest=DIGEST), {"p1": DIGEST, "p2": DIGEST}, True, "ready"),
+        (deployment(digest=DIGEST), {"p1": DIGEST}, False, "1/2 ready pods serve"),
+        (deployment(digest=DIGEST), {"p1": DIGEST, "p2": DIGEST, "p3": OLD}, False, "2/2 ready pods serve"),
+    ],
+)
+def test_rolled_out(live: dict[str, Any], served: dict[str, str], done: bool, says: str) -> None:
+    assert kube._rolled_out([live], {"digits": live}, served)[0] is done
+    assert says in kube._rolled_out([live], {"digits": live}, served)[1]
+
+
+def test_a_pod_that_cannot_start_fails_the_rollout_and_names_the_reason() -> None:
+    pods = [
+        {"metadata": {"name": "old"}, "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                                                 "containerStatuses": [{"state": {"running": {}}}]}},
+        {"metadata": {"name": "new"}, "status": {"containerStatuses": [{"state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": "Back-off pulling image \"r/digits@sha256:dead\"\nmore"}}}]}},
+    ]
+    assert kube._pod_problem(pods) == 'pod new: ImagePullBackOff (Back-off pulling image "r/digits@sha256:dead")'
+    assert kube._still_serving(pods) == "1 ready pod(s) of the earlier version keep serving"
+    assert kube._pod_problem(pods[:1]) is None
+
+
+def test_rollback_target_choice() -> None:
+    history = [{"images": "a: x@" + DIGEST, "at": "3"}, {"images": "a: x@" + DIGEST, "at": "2"},
+               {"images": "a: x@" + OLD, "at": "1"}]
+    assert kube.choose(history, None) == history[2]  # the newest *different* version
+    assert kube.choose(history, "1") == history[1]
+    assert kube.choose(history, OLD) == history[2]
+    assert kube.choose(history, "0") is None and kube.choose(history, "7") is None
+    assert kube.choose(history[:1], None) is None and kube.choose([], None) is None
+
+
+def test_training_runs_are_named_and_pinned_per_commit() -> None:
+    cluster = kube.KubeCluster(None, kubeconfig=None, namespace="prod", learning_namespace="ml")  # type: ignore[arg-type]
+    origin = Origin("alice", "o/r", 7, "0123456789abcdef" * 2 + "01234567", datetime.now(UTC))
+    run = {"kind": "TrainingRun", "metadata": {"name": "digits"},
+           "spec": {"source": {"git": {"url": "https://example.com/m.git", "revision": "main"}}}}
+    made = cluster._per_commit(run, origin)
+    assert made["metadata"]["name"] == "digits-pr7-0123456"
+    assert made["metadata"]["namespace"] == "ml"
+    assert made["spec"]["source"]["git"]["revision"] == origin.sha
+    assert run["spec"]["source"]["git"]["revision"] == "main"  # the manifest itself is untouched
+
+
+def test_digests_and_images() -> None:
+    objects = [deployment(digest=DIGEST), {"kind": "Service", "metadata": {"name": "digits"}}]
+    assert kube._images(objects) == {"digits/server": f"r/digits@{DIGEST}"}
+    assert kube._digests(kube._images(objects)) == {"digits/server": DIGEST}
+    assert kube._model_digests(objects) == {"digits": DIGEST}
+
+
+def test_the_command_refuses_to_start_without_a_secret(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("KAKEHASHI_BOT_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setenv("KAKEHASHI_BOT_GITHUB_TOKEN", "ghs_x")
+    monkeypatch.setenv("KAKEHASHI_BOT_REPOSITORY_URL", str(tmp_path))
+    result = CliRunner().invoke(main, ["--check"])
+    assert result.exit_code == 2 and "refusing to start" in result.output and "webhook_secret" in result.output
+    monkeypatch.setenv("KAKEHASHI_BOT_WEBHOOK_SECRET", "s" * 32)
+    result = CliRunner().invoke(main, ["--check"])
+    assert result.exit_code == 0 and "s" * 32 not in result.output
