@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from kakehashi.control.client import Kube, api_client
+from kakehashi.control.errors import PermanentError
 from kakehashi.control.resources import (
     DEPLOYMENTS,
     HPAS,
@@ -58,7 +59,19 @@ class Production:
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
         for obj in objects:
-            self.kube.apply(of(obj), obj, field_manager=FIELD_MANAGER)
+            resource = of(obj)
+            try:
+                self.kube.apply(resource, obj, field_manager=FIELD_MANAGER)
+            except Exception as error:
+                # A cluster without the Gateway API answers 404 for the whole kind: say what
+                # is missing rather than "NotFound", which reads like a missing object.
+                if resource is HTTPROUTES and getattr(error, "status", None) == 404:
+                    raise PermanentError(
+                        f"the production cluster has no Gateway API ({resource.kind} "
+                        f"{resource.group}/{resource.version} is not served): a canary's traffic "
+                        "split needs its CRDs and an implementation such as Traefik installed",
+                        reason="GatewayAPIMissing") from error
+                raise
 
     def prune(self, namespace: str, service: str, keep: list[dict[str, Any]]) -> list[str]:
         """Delete what carries the service's label but is not in `keep`; the names deleted."""

@@ -24,7 +24,10 @@ SERVICE_PORT: Final = 80
 # Where the bake step puts the model inside the image, and what the server loads.
 MODEL_DIR_IN_IMAGE: Final = "/models/model"
 SERVING_UID: Final = 10001
+# The shared Gateway every service's HTTPRoute attaches to (it lets routes in from every
+# namespace): the platform owns it, each team's namespace owns its routes.
 GATEWAY_NAME: Final = "kakehashi"
+GATEWAY_NAMESPACE: Final = "kakehashi-gateway"
 
 Track = Literal["stable", "canary"]
 
@@ -212,7 +215,7 @@ def route(ms: ModelService, namespace: str) -> dict[str, Any] | None:
         "kind": "HTTPRoute",
         "metadata": _meta(ms, ms.name, namespace),
         "spec": {
-            "parentRefs": [{"name": GATEWAY_NAME}],
+            "parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
             "rules": [
                 {
                     "matches": [{"path": {"type": "PathPrefix", "value": f"/{ms.name}/"}}],
@@ -235,9 +238,11 @@ def render(
     objects = [deployment(ms, stable, namespace), service(ms, namespace)]
     if ms.spec.canary is not None and canary is not None:
         objects += [deployment(ms, canary, namespace, "canary"), service(ms, namespace, "canary")]
-        if (http_route := route(ms, namespace)) is not None:
-            objects.append(http_route)
     for optional in (autoscaler(ms, namespace), disruption_budget(ms, namespace)):
         if optional is not None:
             objects.append(optional)
+    # The route last: on a cluster without the Gateway API it is refused, and everything the
+    # stable track needs is in place by then.
+    if ms.spec.canary is not None and canary is not None and (http_route := route(ms, namespace)) is not None:
+        objects.append(http_route)
     return objects
