@@ -37,7 +37,8 @@ class Diff(_Command):
 class Rollback(_Command):
     name: Literal["rollback"] = "rollback"
     service: Annotated[str, Field(pattern=f"^{NAME}$")]
-    # A history index (1 = the previous version), a digest, or None for the previous version.
+    # A history entry (1 = the most recent successful deploy), a digest, or None: the newest
+    # successful deploy that is not what runs now.
     target: str | None = None
 
 

@@ -9,7 +9,8 @@
   every ready pod answering /ready with that digest: the ModelService's own definition of Ready;
   a pod that cannot start (image pull, crash loop) fails the rollout at once;
 - audit: one ConfigMap per deploy or rollback in the service's namespace (who, which digest,
-  which PR and commit, when, the outcome), labelled so `/rollback` can read the history back;
+  which PR and commit, when, the outcome, and the objects applied), labelled so `/rollback`
+  can read the history back and re-apply a version whole;
 - diff: `kubectl diff --server-side` (the API server's dry run of the same apply);
 - train: TrainingRuns on the learning cluster, named per commit, waited for, their metrics and
   gate read from status.
@@ -32,14 +33,13 @@ import yaml
 
 from kakehashi.api import trainingrun
 from kakehashi.control.client import Kube
-from kakehashi.control.resources import BY_KIND, DEPLOYMENTS, Resource
+from kakehashi.control.resources import BY_KIND, Resource
 from kakehashi.delivery.direct import FIELD_MANAGER, Production
 from kakehashi.gitops.cluster import ApplyResult, Origin, ServiceChange, TrainResult
 from kakehashi.serving import render
 
 CONFIGMAPS: Final = Resource("", "v1", "configmaps", "ConfigMap")
 LABEL_AUDIT: Final = "kakehashi.dev/audit"
-ROLLBACK_MANAGER: Final = "kakehashi-rollback"
 # Waiting reasons that no amount of waiting fixes: the rollout has failed.
 BROKEN: Final = frozenset({
     "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
@@ -111,6 +111,10 @@ class KubeCluster:
             metadata.setdefault("namespace", self.namespace)
             # The label is what prune and readiness find a service's objects by.
             metadata.setdefault("labels", {})[self.production.owner_label] = change.service
+            if obj["kind"] == "Deployment":
+                # Pods carry it too: readiness reads them (and what they serve) by this label.
+                template = obj.setdefault("spec", {}).setdefault("template", {}).setdefault("metadata", {})
+                template.setdefault("labels", {})[self.production.owner_label] = change.service
         namespaces = {obj["metadata"]["namespace"] for obj in objects}
         if len(namespaces) > 1:
             raise BuildError(f"{change.service} spans namespaces {sorted(namespaces)}; one service, one namespace")
@@ -176,6 +180,8 @@ class KubeCluster:
                 "at": at.isoformat(), "outcome": "success" if rollout.ok else "failure",
                 "message": rollout.message, "images": yaml.safe_dump(images),
                 "modelDigests": yaml.safe_dump(_model_digests(objects)),
+                # What was applied, whole: /rollback re-applies it (a ConfigMap holds 1 MiB).
+                "objects": yaml.safe_dump_all([_applied(o) for o in objects]),
             },
         }
         self.production.kube.create(CONFIGMAPS, body)
@@ -222,35 +228,23 @@ class KubeCluster:
     async def rollback(self, environment: str, service: str, target: str | None, origin: Origin) -> ApplyResult:
         namespace = self.namespace
         history = await asyncio.to_thread(self.history, namespace, service)
-        if not history:
-            return ApplyResult(False, f"no deploy of {service} is recorded in {namespace}: nothing to roll back to")
-        chosen = choose(history, target)
+        live = [d for d in (await asyncio.to_thread(self.production.read, namespace, service)).deployments.values()]
+        chosen = choose(history, target, _images(live))
         if chosen is None:
-            return ApplyResult(False, f"no recorded deploy of {service} matches {target or 'an earlier version'}")
-        images: dict[str, str] = yaml.safe_load(chosen["images"]) or {}
-        models: dict[str, str] = yaml.safe_load(chosen.get("modelDigests", "") or "") or {}
-        objects: list[dict[str, Any]] = []
-        for key, image in images.items():
-            deployment, container = key.split("/", 1)
-            template: dict[str, Any] = {"spec": {"containers": [{"name": container, "image": image}]}}
-            if deployment in models:
-                template["metadata"] = {"annotations": {render.ANNOTATION_MODEL_DIGEST: models[deployment]}}
-            objects.append({"apiVersion": "apps/v1", "kind": "Deployment",
-                            "metadata": {"name": deployment, "namespace": namespace},
-                            "spec": {"template": template}})
+            what = target or "a version other than the one live now"
+            return ApplyResult(False, f"no successful deploy of {service} recorded in {namespace} matches {what}")
+        objects = [o for o in yaml.safe_load_all(chosen.get("objects", "")) if o]
         started = time.monotonic()
-        for obj in objects:
-            # Its own field manager, only the image (and digest annotation): the next /deploy,
-            # which forces, takes the fields back; nothing else of the Deployment is touched.
-            await asyncio.to_thread(self.production.kube.apply, DEPLOYMENTS, obj, field_manager=ROLLBACK_MANAGER)
-        live = [await asyncio.to_thread(self.production.kube.get, DEPLOYMENTS, namespace, o["metadata"]["name"])
-                for o in objects]
-        rollout = await self._wait(namespace, service, [d for d in live if d])
-        await asyncio.to_thread(self._audit, namespace, service, origin, [d for d in live if d], rollout, rollback=True)
-        when = chosen.get("at", "?")
-        details = (f"- back to the deploy of {when} by @{chosen.get('actor')} from "
+        # The whole recorded version, not just its image: a failed deploy may have changed more.
+        await asyncio.to_thread(self.production.apply, objects)
+        pruned = await asyncio.to_thread(self.production.prune, namespace, service, objects)
+        rollout = await self._wait(namespace, service, objects)
+        await asyncio.to_thread(self._audit, namespace, service, origin, objects, rollout, rollback=True)
+        images = _images(objects)
+        details = (f"- back to the deploy of {chosen.get('at', '?')} by @{chosen.get('actor')} from "
                    f"{chosen.get('repository')}#{chosen.get('pullRequest')} ({chosen.get('commit', '')[:12]})\n"
-                   f"- images: {', '.join(images.values())}\n"
+                   f"- images: {', '.join(images.values()) or 'none'}\n"
+                   f"- pruned: {', '.join(pruned) or 'nothing'}\n"
                    f"- rollout ({time.monotonic() - started:.1f} s): {rollout.message}\n"
                    f"- the repository still names the newer version: revert its PR so the next deploy keeps this one")
         return ApplyResult(rollout.ok, rollout.message[:140], details, _digests(images))
@@ -304,16 +298,21 @@ class KubeCluster:
             await asyncio.sleep(self.poll_s)
 
 
-def choose(history: list[dict[str, str]], target: str | None) -> dict[str, str] | None:
-    """The record `/rollback` returns to, from the history (newest first): None → the newest
-    with other images than now; N → the N-th entry back; a digest → the newest naming it."""
-    if not history:
-        return None
+def choose(history: list[dict[str, str]], target: str | None, live: dict[str, str]) -> dict[str, str] | None:
+    """The record `/rollback` returns to, from the successful deploys (newest first): no target →
+    the newest whose images differ from the `live` ones; N → the N-th newest (1 is the newest);
+    a digest → the newest naming it."""
     if target is None:
-        return next((h for h in history if h.get("images") != history[0].get("images")), None)
+        return next((h for h in history if (yaml.safe_load(h.get("images", "")) or {}) != live), None)
     if target.isdigit():
-        return history[int(target)] if 0 < int(target) < len(history) else None
+        return history[int(target) - 1] if 0 < int(target) <= len(history) else None
     return next((h for h in history if target in h.get("images", "")), None)
+
+
+def _applied(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object as it was sent: no status or server-set metadata."""
+    metadata = {k: v for k, v in obj.get("metadata", {}).items() if k in ("name", "namespace", "labels", "annotations")}
+    return {k: v for k, v in obj.items() if k != "status"} | {"metadata": metadata}
 
 
 _OWNED_KINDS: Final = tuple(BY_KIND[k] for k in ("Deployment", "Service", "PodDisruptionBudget",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from kakehashi.gitops import kube
@@ -60,13 +61,16 @@ def test_a_pod_that_cannot_start_fails_the_rollout_and_names_the_reason() -> Non
 
 
 def test_rollback_target_choice() -> None:
-    history = [{"images": "a: x@" + DIGEST, "at": "3"}, {"images": "a: x@" + DIGEST, "at": "2"},
-               {"images": "a: x@" + OLD, "at": "1"}]
-    assert kube.choose(history, None) == history[2]  # the newest *different* version
-    assert kube.choose(history, "1") == history[1]
-    assert kube.choose(history, OLD) == history[2]
-    assert kube.choose(history, "0") is None and kube.choose(history, "7") is None
-    assert kube.choose(history[:1], None) is None and kube.choose([], None) is None
+    new, old = {"web/server": "x@" + DIGEST}, {"web/server": "x@" + OLD}
+    history = [{"images": yaml.safe_dump(new), "at": "3"}, {"images": yaml.safe_dump(new), "at": "2"},
+               {"images": yaml.safe_dump(old), "at": "1"}]
+    assert kube.choose(history, None, new) == history[2]  # the newest version not live now
+    assert kube.choose(history, None, {"web/server": "x@broken"}) == history[0]  # after a failed deploy
+    assert kube.choose(history, "1", new) == history[0]
+    assert kube.choose(history, "3", new) == history[2]
+    assert kube.choose(history, OLD, new) == history[2]
+    assert kube.choose(history, "0", new) is None and kube.choose(history, "4", new) is None
+    assert kube.choose(history[:1], None, new) is None and kube.choose([], None, {}) is None
 
 
 def test_training_runs_are_named_and_pinned_per_commit() -> None:
