@@ -101,7 +101,10 @@ def test_deploy_prune_diff_failed_rollout_and_rollback_on_production(
         await h.deliver(payload("/diff production", number=9))
         await h.settle(60)
         diff = h.comments(9)[-1]
-        assert f"-        image: {image(2)}" in diff and f"+        image: {image(3)}" in diff, diff
+        lines = diff.splitlines()
+        assert any(line.startswith("-") and image(2) in line for line in lines), diff
+        assert any(line.startswith("+") and image(3) in line for line in lines), diff
+        assert any(line.startswith("+") and "kakehashi.dev/no-such-node" in line for line in lines), diff
         assert kube.get(DEPLOYMENTS, namespace, "web")["spec"]["template"]["spec"]["containers"][0]["image"] == image(2)
 
         # 4. A rollout that never gets ready: a failure, not merged, the earlier version serving.

@@ -21,6 +21,7 @@ Every Kubernetes call blocks (the sync client), so each runs in a thread.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import time
@@ -132,8 +133,15 @@ class KubeCluster:
             return ApplyResult(False, f"build failed: {error}"[:140], f"```\n{error}\n```")
         namespace = self._namespace_of(objects)
         started = time.monotonic()
-        await asyncio.to_thread(self.production.apply, objects)
-        pruned = await asyncio.to_thread(self.production.prune, namespace, change.service, objects)
+        try:
+            await asyncio.to_thread(self.production.apply, objects)
+            pruned = await asyncio.to_thread(self.production.prune, namespace, change.service, objects)
+        except Exception as error:
+            refusal = _api_refusal(error)
+            if refusal is None:
+                raise
+            # The API server said why (an invalid field, a forbidden change): the reviewer's answer.
+            return ApplyResult(False, f"apply refused: {refusal}"[:140], f"```\n{refusal}\n```")
         rollout = await self._wait(namespace, change.service, objects)
         seconds = time.monotonic() - started
         images = _images(objects)
@@ -317,6 +325,18 @@ def _applied(obj: dict[str, Any]) -> dict[str, Any]:
 
 _OWNED_KINDS: Final = tuple(BY_KIND[k] for k in ("Deployment", "Service", "PodDisruptionBudget",
                                                    "HorizontalPodAutoscaler", "HTTPRoute"))
+
+
+def _api_refusal(error: Exception) -> str | None:
+    """The API server's own message for a 4xx answer; None for anything else (retried, or a bug)."""
+    status = getattr(error, "status", None)
+    if not isinstance(status, int) or not 400 <= status < 500:
+        return None
+    try:
+        message = json.loads(getattr(error, "body", "") or "{}").get("message")
+    except ValueError:
+        message = None
+    return f"{status}: {message or getattr(error, 'reason', '')}"
 
 
 def _promotable(status: trainingrun.TrainingRunStatus) -> bool | None:

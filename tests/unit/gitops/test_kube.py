@@ -101,3 +101,15 @@ def test_the_command_refuses_to_start_without_a_secret(monkeypatch: pytest.Monke
     monkeypatch.setenv("KAKEHASHI_BOT_WEBHOOK_SECRET", "s" * 32)
     result = CliRunner().invoke(main, ["--check"])
     assert result.exit_code == 0 and "s" * 32 not in result.output
+
+
+def test_an_api_refusal_is_reported_in_the_servers_words() -> None:
+    class ApiError(Exception):
+        status, reason = 422, "Unprocessable Entity"
+        body = '{"message": "Deployment.apps \\"web\\" is invalid: spec.replicas: Invalid value: -1"}'
+
+    class Down(Exception):
+        status = 503
+
+    assert kube._api_refusal(ApiError()) == '422: Deployment.apps "web" is invalid: spec.replicas: Invalid value: -1'
+    assert kube._api_refusal(Down()) is None and kube._api_refusal(ValueError()) is None
