@@ -63,6 +63,7 @@ def wait_for_object(
         while (remaining := deadline - time.monotonic()) > 0:
             chunk = max(1, math.ceil(min(remaining, WATCH_CHUNK_S)))
             watcher = watch.Watch()
+            opened = time.monotonic()
             try:
                 for event in watcher.stream(
                     custom.list_namespaced_custom_object, resource.group, resource.version, namespace,
@@ -85,6 +86,10 @@ def wait_for_object(
                 break
             finally:
                 watcher.stop()
+            # A watch that ended at once (a proxy closing it, a server restarting) is not
+            # reopened in a tight loop.
+            if time.monotonic() - opened < 1:
+                time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
         else:
             assert last is not None
             return last, False
