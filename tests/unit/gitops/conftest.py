@@ -93,7 +93,9 @@ class RecordingCluster:
             self.entered.set()
             if self.gate is not None:
                 await self.gate.wait()
-            assert change.directory is not None
+            if change.directory is None:  # the PR deletes the service
+                self.applied.append((change.environment, change.service, origin.sha, "(deleted)"))
+                return self.result
             text = await asyncio.to_thread((change.directory / "deployment.yaml").read_text)
             image = [line for line in text.splitlines() if "image" in line]
             self.applied.append((change.environment, change.service, origin.sha, image[0].strip()))

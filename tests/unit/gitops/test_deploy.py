@@ -18,6 +18,7 @@ from github_standin.harness import (
     GitOpsRepo,
     Harness,
     git,
+    open_pr,
     running_bot,
 )
 from github_standin.server import PullRequestState, ReviewState, StandIn
@@ -334,3 +335,17 @@ def test_secrets_reach_no_comment_and_no_log(
     run(standin, repo, tmp_path, scenario)
     text = "\n".join(body for _, body in standin.state.comments) + caplog.text
     assert standin.state.comments and SECRET not in text and TOKEN not in text
+
+
+def test_a_pr_deleting_a_service_hands_the_cluster_no_directory(
+    standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
+) -> None:
+    sha = open_pr(repo, standin.state, 7, {"production/other/deployment.yaml": None,
+                                           "production/other/kustomization.yaml": None})
+
+    async def scenario(h: Harness) -> None:
+        await h.deliver(payload("/deploy production"))
+        await h.settle()
+        assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/production")
+
+    assert run(standin, repo, tmp_path, scenario).applied == [("production", "other", sha, "(deleted)")]
