@@ -112,6 +112,10 @@ class GitOpsRepo:
     def commit(self, branch: str, files: dict[str, str | None], message: str, *, start: str = "main") -> str:
         """Commit `files` (None deletes one) on `branch` and push it to origin."""
         if git(self.work, "symbolic-ref", "--short", "HEAD") != branch:
+            if start == "main":
+                # Branch from main as it is on origin now: earlier PRs may have been merged there.
+                git(self.work, "fetch", "-q", "origin", "+refs/heads/main:refs/remotes/origin/main")
+                start = "origin/main"
             git(self.work, "checkout", "-q", "-B", branch, start)
         for name, text in files.items():
             path = self.work / name

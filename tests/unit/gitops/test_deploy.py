@@ -349,3 +349,19 @@ def test_a_pr_deleting_a_service_hands_the_cluster_no_directory(
         assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/production")
 
     assert run(standin, repo, tmp_path, scenario).applied == [("production", "other", sha, "(deleted)")]
+
+
+def test_sequential_prs_of_the_same_file_both_deploy_and_merge(
+    standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
+) -> None:
+    async def scenario(h: Harness) -> None:
+        for number, digest in ((7, "3"), (8, "4")):
+            # Each PR branches from main as merged so far, as a reviewer's next PR would.
+            sha = open_service_pr(repo, standin.state, number, digest=digest)
+            await h.deliver(payload("/deploy production", number=number))
+            await h.settle()
+            assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/production"), h.comments(number)
+
+    run(standin, repo, tmp_path, scenario)
+    assert [number for number, _ in standin.state.merges] == [7, 8]
+    assert "4" * 64 in git(repo.work, "--git-dir", str(repo.origin), "show", "main:production/digits/deployment.yaml")
