@@ -143,6 +143,13 @@ def test_logs_of_a_real_run_and_following_them_while_it_trains(connection: Conne
     assert run.logs(tail=1) == "epoch 3/3\n"
     printed = cli("logs", "hello")
     assert printed.exit_code == 0 and printed.stdout == followed
+    # fit(wait=True, logs=True)'s habit: the log streams while waiting.
+    fit = TrainingRun("hello-fit", connection=connection, image=dev_env.images["base"],
+                      command=["python3", "-c", script], node_selector=node.SELECTOR,
+                      tolerations=[node.TOLERATION]).submit()
+    streamed = io.StringIO()
+    fit.wait(timeout=300, progress=False, logs=True, log_stream=streamed)
+    assert fit.phase == "Succeeded" and streamed.getvalue() == followed
 
 
 # -- on the real nodes: deploy a tiny model and predict ------------------------------------------

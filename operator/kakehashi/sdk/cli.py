@@ -161,13 +161,15 @@ def _message(message: str | None) -> None:
 @click.option("--deadline", type=int, help="Fail the run if it trains longer than this many seconds.")
 @click.option("--wait/--no-wait", default=False, show_default=True, help="Wait until the run ends.")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds.")
+@click.option("--logs", "follow_logs", is_flag=True, help="With --wait: stream the training log meanwhile.")
 @common
 @errors
 def train(name: str, command: tuple[str, ...], image: str | None, hyperparameters: tuple[str, ...],
           data: str | None, output_uri: str | None, replicas: int, gpu: int, cpu: str | None,
           memory: str | None, git: str | None, revision: str | None, gate: str | None,
           env: tuple[str, ...], pod_annotation: tuple[str, ...], backoff_limit: int, deadline: int | None,
-          wait: bool, timeout: float | None, kubeconfig: str | None, namespace: str | None, fmt: str) -> None:
+          wait: bool, timeout: float | None, follow_logs: bool, kubeconfig: str | None, namespace: str | None,
+          fmt: str) -> None:
     """Submit the TrainingRun NAME running COMMAND (after `--`).
 
     Submitting the same NAME and spec again attaches to the existing run; another spec under
@@ -189,7 +191,8 @@ def train(name: str, command: tuple[str, ...], image: str | None, hyperparameter
         deadline_seconds=deadline,
     ).submit()
     if wait:
-        run.wait(timeout, stream=sys.stderr)
+        # The log goes to stderr with the progress: stdout stays the table (or -o json|yaml).
+        run.wait(timeout, stream=sys.stderr, logs=follow_logs, log_stream=sys.stderr)
     _emit(fmt, [run.object], [run_row(run)], RUN_COLUMNS, single=True)
 
 

@@ -45,6 +45,8 @@ from kakehashi.sdk.watching import wait_for_object
 LABEL_RUN: Final = f"{GROUP}/trainingrun"
 LOG_TAIL_MARKER: Final = "last log lines:\n"
 LOG_TAIL_LINES: Final = 20
+# How long wait(logs=True) lets the log stream finish after the run ended.
+LOG_DRAIN_S: Final = 10.0
 # A list of API objects (named here because the class's own `list` shadows the builtin).
 Objects = list[dict[str, Any]]
 PHASES: Final = [Phase.PENDING.value, Phase.RUNNING.value, Phase.SUCCEEDED.value]
@@ -272,10 +274,14 @@ class TrainingRun:
     # -- waiting ----------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = None, *, progress: Mode | bool = "auto",
-             stream: TextIO | None = None) -> TrainingRun:
+             stream: TextIO | None = None, logs: bool = False, log_stream: TextIO | None = None) -> TrainingRun:
         """Watch the run until it ends. Raises RunFailed (reason, message, log tail) if it
-        fails, WaitTimeout if `timeout` seconds pass first (the run goes on)."""
+        fails, WaitTimeout if `timeout` seconds pass first (the run goes on).
+
+        logs=True also streams the training log to `log_stream` (stdout) while waiting, as
+        the managed services' `fit(wait=True, logs=True)` does."""
         display = Progress(f"TrainingRun {self.name}", PHASES, progress, stream)
+        follower = self._follow_in_background(log_stream or sys.stdout, timeout) if logs else None
 
         def show(obj: dict[str, Any]) -> None:
             status = TrainingRunStatus.model_validate(obj.get("status") or {})
@@ -290,6 +296,8 @@ class TrainingRun:
                                             done, timeout, show)
         finally:
             display.close()
+            if follower is not None:  # the last lines arrive just after the container ends
+                follower.join(LOG_DRAIN_S)
         self._object = obj
         status = self.status
         if not finished:
@@ -300,6 +308,17 @@ class TrainingRun:
             tail = failure_log_tail(message) or self._read_log_tail()
             raise RunFailed(self.name, reason, message.partition("; " + LOG_TAIL_MARKER)[0], tail)
         return self
+
+    def _follow_in_background(self, out: TextIO, timeout: float | None) -> threading.Thread:
+        def follow() -> None:
+            try:
+                self.logs(follow=True, stream=out, timeout=timeout)
+            except Exception as error:  # the log is a courtesy: the wait is what reports
+                print(f"(log of {self.name} unavailable: {error})", file=out, flush=True)
+
+        thread = threading.Thread(target=follow, name=f"logs-{self.name}", daemon=True)
+        thread.start()
+        return thread
 
     # -- logs -------------------------------------------------------------------------------
 
