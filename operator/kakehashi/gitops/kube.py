@@ -34,8 +34,8 @@ import yaml
 
 from kakehashi.api import trainingrun
 from kakehashi.control.client import Kube
-from kakehashi.control.resources import BY_KIND, Resource
-from kakehashi.delivery.direct import FIELD_MANAGER, Production
+from kakehashi.control.resources import BY_KIND, DEPLOYMENTS, PODS, Resource
+from kakehashi.delivery.direct import FIELD_MANAGER, Production, ProductionState
 from kakehashi.gitops.cluster import ApplyResult, Origin, ServiceChange, TrainResult
 from kakehashi.serving import render
 
@@ -158,8 +158,9 @@ class KubeCluster:
             return Rollout(True, "applied (no Deployment to wait for)")
         deadline = time.monotonic() + self.rollout_timeout_s
         last = "waiting for the rollout"
+        digests = any(_model_digests([d]) for d in deployments)
         while True:
-            state = await asyncio.to_thread(self.production.read, namespace, service)
+            state = await asyncio.to_thread(self._observe, namespace, service, digests)
             problem = _pod_problem(state.pods)
             if problem:
                 return Rollout(False, f"rollout failed: {problem}; {_still_serving(state.pods)}")
@@ -170,6 +171,17 @@ class KubeCluster:
                 return Rollout(False, f"rollout not ready after {self.rollout_timeout_s:.0f} s: {last}; "
                                       f"{_still_serving(state.pods)}")
             await asyncio.sleep(self.poll_s)
+
+    def _observe(self, namespace: str, service: str, digests: bool) -> ProductionState:
+        """The service's Deployments and pods; what each ready pod serves only when a Deployment
+        declares a model digest (asking a pod that serves no model would wait out a timeout)."""
+        if digests:
+            return self.production.read(namespace, service)
+        selector = f"{self.production.owner_label}={service}"
+        state = ProductionState(pods=self.production.kube.list_objects(PODS, namespace, selector))
+        for deployment in self.production.kube.list_objects(DEPLOYMENTS, namespace, selector):
+            state.deployments[deployment["metadata"]["name"]] = deployment
+        return state
 
     def _audit(self, namespace: str, service: str, origin: Origin, objects: list[dict[str, Any]],
                rollout: Rollout, *, rollback: bool) -> None:
@@ -236,7 +248,7 @@ class KubeCluster:
     async def rollback(self, environment: str, service: str, target: str | None, origin: Origin) -> ApplyResult:
         namespace = self.namespace
         history = await asyncio.to_thread(self.history, namespace, service)
-        live = [d for d in (await asyncio.to_thread(self.production.read, namespace, service)).deployments.values()]
+        live = list((await asyncio.to_thread(self._observe, namespace, service, False)).deployments.values())
         chosen = choose(history, target, _images(live))
         if chosen is None:
             what = target or "a version other than the one live now"

@@ -113,3 +113,50 @@ def test_an_api_refusal_is_reported_in_the_servers_words() -> None:
 
     assert kube._api_refusal(ApiError()) == '422: Deployment.apps "web" is invalid: spec.replicas: Invalid value: -1'
     assert kube._api_refusal(Down()) is None and kube._api_refusal(ValueError()) is None
+
+
+class ScriptedKube:
+    """list_objects answers from a script of (deployments, pods) states, one per poll; a pod
+    proxy call fails the test (a pod without a model is never asked what it serves)."""
+
+    def __init__(self, states: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
+        self.states = states
+        self.polls = 0
+
+    def list_objects(self, resource: Any, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        assert selector == f"{render.LABEL_SERVICE}=web"
+        deployments, pods = self.states[min(self.polls // 2, len(self.states) - 1)]
+        self.polls += 1
+        return deployments if resource.kind == "Deployment" else pods
+
+    def pod_proxy_get(self, *args: Any) -> str:
+        raise AssertionError("asked a pod without a model what it serves")
+
+
+def ready_pod(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_the_readiness_wait_polls_until_rolled_out_or_times_out_with_the_old_version_serving() -> None:
+    import asyncio
+
+    from kakehashi.delivery.direct import Production
+
+    rolling = deployment(updated=1, total=3)
+    rolling["metadata"]["name"] = "web"
+    done = deployment()
+    done["metadata"]["name"] = "web"
+    scripted = ScriptedKube([([rolling], [ready_pod("a"), ready_pod("b")]), ([done], [ready_pod("c"), ready_pod("d")])])
+    cluster = kube.KubeCluster(Production(scripted, owner_label=render.LABEL_SERVICE, port=8080),  # type: ignore[arg-type]
+                               kubeconfig=None, namespace="prod", rollout_timeout_s=5, poll_s=0.01)
+    rollout = asyncio.run(cluster._wait("prod", "web", [done]))
+    assert rollout.ok and rollout.message.startswith("ready: 2 replica(s)")
+    assert scripted.polls == 4
+
+    stuck = ScriptedKube([([rolling], [ready_pod("a"), ready_pod("b"), {"metadata": {"name": "new"}, "status": {}}])])
+    cluster.production = Production(stuck, owner_label=render.LABEL_SERVICE, port=8080)  # type: ignore[arg-type]
+    cluster.rollout_timeout_s = 0.05
+    rollout = asyncio.run(cluster._wait("prod", "web", [done]))
+    assert not rollout.ok
+    assert "not ready after 0 s: web: 1/2 updated" in rollout.message
+    assert rollout.message.endswith("2 ready pod(s) of the earlier version keep serving")
