@@ -224,8 +224,8 @@ class KubeCluster:
                 stdin=yaml.safe_dump_all(objects).encode(), ok=(0, 1),
             )
             # kubectl diffs two temporary directories; name the sides for a reader instead.
-            text = re.sub(r"/tmp/LIVE-\d+/", "live/", text)
-            text = re.sub(r"/tmp/MERGED-\d+/", "pr/", text)
+            text = re.sub(r"\S*/LIVE-\d+/", "live/", text)
+            text = re.sub(r"\S*/MERGED-\d+/", "pr/", text)
             text = "\n".join(line for line in text.splitlines() if not line.startswith("diff -u -N "))
         keep = {(o["kind"], o["metadata"]["name"]) for o in objects}
         pruned = []
