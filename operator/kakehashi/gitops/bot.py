@@ -240,6 +240,8 @@ class Bot:
     ) -> ApplyResult:
         # Everything is read again now that the lock is held: the command may have waited.
         pr = await self._mergeable(ctx)
+        if pr.state != "open" or pr.merged:
+            raise Refused("the pull request was closed or merged while the command waited.")
         if pr.head_sha != sha:
             raise Refused(
                 f"the head moved from `{sha[:12]}` to `{pr.head_sha[:12]}` after the command; "
