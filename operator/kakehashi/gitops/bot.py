@@ -39,7 +39,14 @@ _SUPERSEDING: Final = frozenset({"APPROVED", "CHANGES_REQUESTED", "DISMISSED"})
 
 
 class Refused(Exception):
-    """A requirement is not met; the message is the reply (markdown, no secrets)."""
+    """A requirement is not met; the message is the reply (markdown, no secrets).
+
+    `status=False`: leave the commit status alone (another command's verdict on the same
+    commit stands, e.g. the deploy that merged the PR while this one waited)."""
+
+    def __init__(self, message: str, *, status: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -224,7 +231,8 @@ class Bot:
             await self._status(ctx, sha, "failure", context, "still locked; comment again later")
             raise Refused(f"`{name}/{timeout.key[1]}` is still locked by {who}.") from None
         except Refused as refused:
-            await self._status(ctx, sha, "failure", context, str(refused))
+            if refused.status:
+                await self._status(ctx, sha, "failure", context, str(refused))
             raise
         except asyncio.CancelledError:
             await asyncio.shield(self._status(ctx, sha, "error", context, "cancelled by /unlock"))
@@ -241,7 +249,7 @@ class Bot:
         # Everything is read again now that the lock is held: the command may have waited.
         pr = await self._mergeable(ctx)
         if pr.state != "open" or pr.merged:
-            raise Refused("the pull request was closed or merged while the command waited.")
+            raise Refused("the pull request was closed or merged while the command waited.", status=False)
         if pr.head_sha != sha:
             raise Refused(
                 f"the head moved from `{sha[:12]}` to `{pr.head_sha[:12]}` after the command; "

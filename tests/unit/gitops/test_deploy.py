@@ -365,3 +365,29 @@ def test_sequential_prs_of_the_same_file_both_deploy_and_merge(
     run(standin, repo, tmp_path, scenario)
     assert [number for number, _ in standin.state.merges] == [7, 8]
     assert "4" * 64 in git(repo.work, "--git-dir", str(repo.origin), "show", "main:production/digits/deployment.yaml")
+
+
+def test_the_same_deploy_commented_twice_applies_once(
+    standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
+) -> None:
+    """Two comments (two deliveries, not a redelivery): the second waits, then finds the PR merged."""
+    sha = open_service_pr(repo, standin.state, 7)
+    cluster = RecordingCluster(gate=asyncio.Event())
+
+    async def scenario(h: Harness) -> None:
+        assert cluster.gate is not None
+        await h.deliver(payload("/deploy production"))
+        await asyncio.wait_for(cluster.entered.wait(), 10)
+        await h.deliver(payload("/deploy production", commenter=REVIEWER))
+        for _ in range(500):
+            if any("is waiting" in c for c in h.comments()):
+                break
+            await asyncio.sleep(0.01)
+        cluster.gate.set()
+        await h.settle()
+        assert "closed or merged while the command waited" in h.comments()[-1]
+        # The merged commit keeps the first deploy's verdict.
+        assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/production")
+
+    assert len(run(standin, repo, tmp_path, scenario, cluster).applied) == 1
+    assert standin.state.merges == [(7, sha)]
