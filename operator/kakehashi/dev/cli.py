@@ -36,6 +36,8 @@ def up() -> None:
         click.echo(f"  cluster {cluster.name:<10} {cluster.server}  kubeconfig={cluster.kubeconfig}")
     click.echo(f"  s3         {env.s3.endpoint}  bucket={env.s3.model_bucket}")
     click.echo(f"  registry   http://{env.registry}")
+    if env.gateway is not None:
+        click.echo(f"  gateway    {env.gateway.url}  (Traefik; HTTPRoutes of production)")
     click.echo("Run `eval \"$(kakehashi dev env)\"` to use them from this shell.")
 
 

@@ -47,6 +47,19 @@ class S3Endpoint(BaseModel):
     model_bucket: str = "kakehashi-models"
 
 
+class GatewayEndpoint(BaseModel):
+    """The production cluster's Gateway (Traefik on loopback): where HTTPRoutes are served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    """The Gateway's HTTP listener: `{url}/<service>/...` reaches a ModelService's route."""
+    api: str
+    """Traefik's own API (`/api/http/services`, `/ping`)."""
+    name: str
+    namespace: str
+
+
 class DevEnvironment(BaseModel):
     """The running dev environment, as written by `kakehashi dev up`."""
 
@@ -60,6 +73,8 @@ class DevEnvironment(BaseModel):
     real_nodes: bool = False
     """Each cluster has a real node (`<cluster>-real`: kubelet, containerd) beside kwok's."""
     no_real_nodes_reason: str = ""
+    gateway: GatewayEndpoint | None = None
+    """Only with the real nodes: pods elsewhere have no address to forward to."""
     images: dict[str, str] = {}
     """Images in the local registry, by role: `base` (Debian python3), and those
     `kakehashi dev images` built from the project's Dockerfiles."""
@@ -102,5 +117,6 @@ class DevEnvironment(BaseModel):
             "AWS_DEFAULT_REGION": self.s3.region,
             "KAKEHASHI_MODEL_BUCKET": self.s3.model_bucket,
             "KAKEHASHI_REGISTRY": self.registry,
+            **({"KAKEHASHI_GATEWAY_URL": self.gateway.url} if self.gateway else {}),
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }

@@ -12,7 +12,7 @@ from kakehashi.dev.processes import free_port
 
 PORTS = ("minio", "minio-console", "registry", "training-operator-metrics",
          "training-operator-health", "training-operator-webhook",
-         "kubelet-learning", "kubelet-production")
+         "kubelet-learning", "kubelet-production", "gateway", "gateway-api")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from kakehashi.control.client import api_client
-from kakehashi.dev import clusters, images, node, storage, tools, training_operator
+from kakehashi.dev import clusters, gateway, images, node, storage, tools, training_operator
 from kakehashi.dev.clusters import cluster_pids, restart_component, wait_crd_established
 from kakehashi.dev.environment import (
     CLUSTERS,
@@ -173,6 +173,8 @@ def _up(progress: Progress) -> DevEnvironment:
             if real_node.up(progress) or cluster in restarted:
                 took = real_node.wait_ready(api_client(layout.kubeconfig(cluster)))
                 progress(f"Real node {real_node.name} Ready ({took:.1f}s after its start)")
+        # The Gateway API and Traefik on production: canary routes, served on loopback.
+        env.gateway = gateway.up(layout, binaries, restart="production" in restarted)
     operator = training_operator.service(layout, binaries)
     if "learning" in restarted:
         # A new cluster has a new CA and a restarted one may have lost its watches: the
@@ -221,9 +223,8 @@ def status() -> list[ComponentStatus]:
             rows.append(ComponentStatus(cluster, service.name, service.pid(),
                                         service.health_url or ""))
     for service in _services(layout, binaries):
-        rows.append(ComponentStatus("learning" if service.name == "training-operator"
-                                    else "shared", service.name, service.pid(),
-                                    service.health_url or ""))
+        cluster = {"training-operator": "learning", "traefik": "production"}.get(service.name, "shared")
+        rows.append(ComponentStatus(cluster, service.name, service.pid(), service.health_url or ""))
     return rows
 
 
@@ -245,9 +246,12 @@ def _services(layout: Layout, binaries: dict[str, Path]) -> list[Service]:
     if not all(name in binaries for name in ("minio", "registry", "training-operator")):
         return []  # never built, so never started
     host = _services_host(_real(layout))
-    return [storage.minio_service(layout, binaries, host),
-            storage.registry_service(layout, binaries, host),
-            training_operator.service(layout, binaries)]
+    services = [storage.minio_service(layout, binaries, host),
+                storage.registry_service(layout, binaries, host),
+                training_operator.service(layout, binaries)]
+    if _real(layout) and "traefik" in binaries:
+        services.append(gateway.service(layout, binaries))
+    return services
 
 
 def _cached_binaries() -> dict[str, Path]:

@@ -71,6 +71,13 @@ class GoTool:
 
 
 K8S_VERSION = "v1.36.3"
+TRAEFIK_VERSION = "v3.6.12"
+TRAEFIK = GoTool(name="traefik", version=TRAEFIK_VERSION, binaries={
+    "traefik": "github.com/traefik/traefik/v3/cmd/traefik",
+}, real_nodes_only=True,
+    # Stamped so `traefik version` is honest (the dev environment also turns off its
+    # new-version check: no network here).
+    extra_ldflags=(f"-X github.com/traefik/traefik/v3/pkg/version.Version={TRAEFIK_VERSION}",))
 ETCD_VERSION = "3.5.35"
 CONTAINERD_VERSION = "v2.4.2"
 
@@ -117,6 +124,10 @@ TOOLS: tuple[GoTool, ...] = (
     # Every pod's sandbox process (registry.k8s.io is out of reach): tools/pause/main.go.
     GoTool(name="pause", version="1", binaries={"pause": "kakehashi.dev/tools/pause"},
            real_nodes_only=True),
+    # The production cluster's Gateway API implementation (a canary's HTTPRoute weights). Only
+    # real pods have addresses it can forward to, so kwok-only machines skip it. v3.6: v3.7's
+    # go.mod requires a nested module (dynamic/ext) that exists only as a local replace.
+    TRAEFIK,
 )
 
 # Built on demand only (benchmarks/baking.py compares Kakehashi's layer append with it), never

@@ -70,7 +70,7 @@ def test_real_nodes_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_kwok_only_machines_skip_the_real_nodes_tools() -> None:
     only = {tool.name for tool in tools.TOOLS if tool.real_nodes_only}
-    assert only == {"containerd", "pause"}
+    assert only == {"containerd", "pause", "traefik"}
     k8s = next(tool for tool in tools.TOOLS if tool.name == "k8s")
     assert {"kubelet", "kube-proxy"} <= set(k8s.binaries)
 
