@@ -176,11 +176,14 @@ class KubeCluster:
         """The service's Deployments and pods; what each ready pod serves only when a Deployment
         declares a model digest (asking a pod that serves no model would wait out a timeout)."""
         if digests:
-            return self.production.read(namespace, service)
-        selector = f"{self.production.owner_label}={service}"
-        state = ProductionState(pods=self.production.kube.list_objects(PODS, namespace, selector))
-        for deployment in self.production.kube.list_objects(DEPLOYMENTS, namespace, selector):
-            state.deployments[deployment["metadata"]["name"]] = deployment
+            state = self.production.read(namespace, service)
+        else:
+            selector = f"{self.production.owner_label}={service}"
+            state = ProductionState(pods=self.production.kube.list_objects(PODS, namespace, selector))
+            for deployment in self.production.kube.list_objects(DEPLOYMENTS, namespace, selector):
+                state.deployments[deployment["metadata"]["name"]] = deployment
+        for deployment in state.deployments.values():
+            deployment.setdefault("kind", "Deployment")  # items of a list carry no kind
         return state
 
     def _audit(self, namespace: str, service: str, origin: Origin, objects: list[dict[str, Any]],

@@ -160,3 +160,15 @@ def test_the_readiness_wait_polls_until_rolled_out_or_times_out_with_the_old_ver
     assert not rollout.ok
     assert "not ready after 0 s: web: 1/2 updated" in rollout.message
     assert rollout.message.endswith("2 ready pod(s) of the earlier version keep serving")
+
+
+def test_live_deployments_read_from_a_list_count_as_deployments() -> None:
+    """List items carry no `kind`: without it a rollback saw no live images and chose wrongly."""
+    from kakehashi.delivery.direct import Production
+
+    listed = {k: v for k, v in deployment().items() if k != "kind"}
+    listed["metadata"] = {"name": "web"}
+    cluster = kube.KubeCluster(Production(ScriptedKube([([listed], [])]), owner_label=render.LABEL_SERVICE, port=8080),  # type: ignore[arg-type]
+                               kubeconfig=None, namespace="prod")
+    live = list(cluster._observe("prod", "web", False).deployments.values())
+    assert kube._images(live) == {"web/server": f"r/digits@{DIGEST}"}
