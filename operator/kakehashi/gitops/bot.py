@@ -90,8 +90,9 @@ class Bot:
             actor=event.comment.user.login,
             received=received,
         )
-        for command in commands:
-            await self.run(ctx, command)
+        async with self.github.session():
+            for command in commands:
+                await self.run(ctx, command)
 
     async def run(self, ctx: Context, command: cmd.Command) -> None:
         name = command.name
@@ -125,8 +126,14 @@ class Bot:
             case cmd.Invalid(usage=usage):
                 await self._reply(ctx, f"Usage: `{usage}`")
                 return
-        pr = await self._pull_request(ctx)
-        await self._check_commenter(ctx, pr)
+        # Both answers are needed; asked together, they cost one round trip.
+        pr_answer, role = await asyncio.gather(
+            self.github.pull_request(ctx.owner, ctx.repo, ctx.number),
+            self.github.role(ctx.owner, ctx.repo, ctx.actor),
+        )
+        pr = self._acceptable(pr_answer)
+        if role not in WRITE_ROLES:
+            raise Refused(f"@{ctx.actor} needs write permission on {ctx.full_name} (has `{role}`).")
         match command:
             case cmd.Help():
                 await self._reply(ctx, cmd.help_text())
@@ -143,8 +150,7 @@ class Bot:
 
     # ---- checks every command passes ---------------------------------------------------------
 
-    async def _pull_request(self, ctx: Context) -> PullRequest:
-        pr = await self.github.pull_request(ctx.owner, ctx.repo, ctx.number)
+    def _acceptable(self, pr: PullRequest) -> PullRequest:
         if pr.from_fork and not self.options.allow_forks:
             # A fork's head is code from outside the repository's writers: the bot neither
             # checks it out nor applies it, whoever comments.
@@ -155,11 +161,6 @@ class Bot:
         if pr.state != "open" or pr.merged:
             raise Refused("this pull request is not open.")
         return pr
-
-    async def _check_commenter(self, ctx: Context, pr: PullRequest) -> None:
-        role = await self.github.role(ctx.owner, ctx.repo, ctx.actor)
-        if role not in WRITE_ROLES:
-            raise Refused(f"@{ctx.actor} needs write permission on {ctx.full_name} (has `{role}`).")
 
     async def _config(self, pr: PullRequest) -> RepoConfig:
         await self.repository.fetch(pr.base_ref, pr.number)
@@ -247,7 +248,9 @@ class Bot:
         self, ctx: Context, name: str, environment: Environment, sha: str, services: list[str]
     ) -> ApplyResult:
         # Everything is read again now that the lock is held: the command may have waited.
-        pr = await self._mergeable(ctx)
+        pr, reviews = await asyncio.gather(
+            self._mergeable(ctx), self.github.reviews(ctx.owner, ctx.repo, ctx.number)
+        )
         if pr.state != "open" or pr.merged:
             raise Refused("the pull request was closed or merged while the command waited.", status=False)
         if pr.head_sha != sha:
@@ -255,9 +258,7 @@ class Bot:
                 f"the head moved from `{sha[:12]}` to `{pr.head_sha[:12]}` after the command; "
                 "review the new commits and comment again."
             )
-        approvers = self.approvals(
-            await self.github.reviews(ctx.owner, ctx.repo, ctx.number), author=pr.author, sha=sha
-        )
+        approvers = self.approvals(reviews, author=pr.author, sha=sha)
         if len(approvers) < environment.approvals:
             raise Refused(
                 f"`{name}` needs {environment.approvals} approval(s) of `{sha[:12]}` by someone other "
@@ -266,7 +267,8 @@ class Bot:
         if pr.mergeable is not True:
             state = "unknown (GitHub is still computing it)" if pr.mergeable is None else pr.mergeable_state
             raise Refused(f"the pull request is not mergeable: {state}.")
-        await self.repository.fetch(pr.base_ref, pr.number)
+        if not await self.repository.has_commit(sha):  # fetched with the config; else once more
+            await self.repository.fetch(pr.base_ref, pr.number)
         if not await self.repository.has_commit(sha):
             raise Refused(f"`{sha[:12]}` is not in the repository any more.")
         origin = Origin(ctx.actor, ctx.full_name, ctx.number, sha, now())

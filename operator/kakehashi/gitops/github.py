@@ -12,6 +12,8 @@ is not pinned by githubkit), so a field the bot never reads, added or renamed on
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
@@ -118,6 +120,13 @@ class GitHubApi:
         # No HTTP cache: a cached pull request could show an old head SHA, the one thing the
         # bot must never be wrong about.
         self._gh = GitHub(token, base_url=base_url, timeout=timeout_s, http_cache=False, user_agent="kakehashi-bot")
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """One HTTP client (and its pooled connections) for the calls made inside: without it,
+        githubkit opens a client per call, a TLS context and a connection each time."""
+        async with self._gh:
+            yield
 
     async def pull_request(self, owner: str, repo: str, number: int) -> PullRequest:
         answer = await self._gh.rest.pulls.async_get(owner, repo, number)
