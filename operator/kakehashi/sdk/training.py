@@ -39,11 +39,12 @@ from kakehashi.sdk.errors import NotFound, RunFailed, SpecConflict, WaitTimeout
 from kakehashi.sdk.progress import Mode, Progress
 from kakehashi.sdk.watching import wait_for_object
 
-# The operator puts the failed container's log tail after this in status.message.
 # The label the operator puts on a run's pods (kakehashi.training.children.LABEL_RUN, a unit
 # test keeps them equal): that module needs kubeflow-training, which a notebook need not have.
 LABEL_RUN: Final = f"{GROUP}/trainingrun"
-LOG_TAIL_MARKER: Final = "last log lines:\n"
+# The operator ends the first line of a failed run's status.message with this (a note may
+# follow) and puts the failed container's log tail on the lines after.
+LOG_TAIL_MARKER: Final = "; last log lines:"
 LOG_TAIL_LINES: Final = 20
 # How long wait(logs=True) lets the log stream finish after the run ended.
 LOG_DRAIN_S: Final = 10.0
@@ -144,8 +145,14 @@ def spec_differences(existing: TrainingRunSpec, wanted: TrainingRunSpec) -> dict
             if there.get(key) != here.get(key)}
 
 
-def failure_log_tail(message: str) -> str:
-    return message.partition(LOG_TAIL_MARKER)[2]
+def split_failure(message: str) -> tuple[str, str]:
+    """(what happened, the log tail) from a failed run's status.message. The operator writes
+    "<what>; last log lines:" on the first line (a note such as the retries may follow it)
+    and the tail on the lines after."""
+    head, _, rest = message.partition("\n")
+    if LOG_TAIL_MARKER not in head:
+        return message, ""
+    return head.replace(LOG_TAIL_MARKER, "", 1), rest
 
 
 class TrainingRun:
@@ -305,8 +312,8 @@ class TrainingRun:
                               status.message or "")
         if status.phase == Phase.FAILED:
             reason, message = status.reason or "Failed", status.message or ""
-            tail = failure_log_tail(message) or self._read_log_tail()
-            raise RunFailed(self.name, reason, message.partition("; " + LOG_TAIL_MARKER)[0], tail)
+            what, tail = split_failure(message)
+            raise RunFailed(self.name, reason, what, tail or self._read_log_tail())
         return self
 
     def _follow_in_background(self, out: TextIO, timeout: float | None) -> threading.Thread:

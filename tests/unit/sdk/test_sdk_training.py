@@ -11,7 +11,7 @@ from sdk_fakes import FakeConnection
 
 from kakehashi.api.trainingrun import DEFAULT_IMAGE, TrainingRunSpec
 from kakehashi.sdk import NotFound, RunFailed, SpecConflict, TrainingRun
-from kakehashi.sdk.training import LABEL_RUN, failure_log_tail, render_spec, spec_differences
+from kakehashi.sdk.training import LABEL_RUN, render_spec, spec_differences, split_failure
 
 
 def _run(connection: FakeConnection, **arguments: Any) -> TrainingRun:
@@ -98,11 +98,14 @@ def test_metrics_come_from_the_recorded_model() -> None:
 
 
 def test_a_failure_carries_its_reason_and_the_log_tail() -> None:
-    message = "container trainer in pod digits-x exited with code 3; last log lines:\nepoch 1/5\nValueError: NaN loss"
-    assert failure_log_tail(message) == "epoch 1/5\nValueError: NaN loss"
-    error = RunFailed("digits", "NonZeroExitCode", "container trainer in pod digits-x exited with code 3",
-                      failure_log_tail(message))
-    text = str(error)
+    # As the operator writes it: what happened, a note on the retries, then the log's last lines.
+    message = ("container trainer in pod digits-x exited with code 3; last log lines: (failed 1 time(s), "
+               "runPolicy.backoffLimit=0)\nepoch 1/5\nValueError: NaN loss")
+    what, tail = split_failure(message)
+    assert what == "container trainer in pod digits-x exited with code 3 (failed 1 time(s), runPolicy.backoffLimit=0)"
+    assert tail == "epoch 1/5\nValueError: NaN loss"
+    assert split_failure("activeDeadlineSeconds=2s exceeded") == ("activeDeadlineSeconds=2s exceeded", "")
+    text = str(RunFailed("digits", "NonZeroExitCode", what, tail))
     assert text.startswith("TrainingRun 'digits' failed: NonZeroExitCode: container trainer")
     assert text.endswith("--- last lines of its log ---\nepoch 1/5\nValueError: NaN loss")
 
