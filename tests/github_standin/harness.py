@@ -190,11 +190,11 @@ class Harness:
 
 @asynccontextmanager
 async def running_bot(standin: StandIn, repo: GitOpsRepo, checkout: Path, cluster: Cluster,
-                      **options: Any) -> AsyncIterator[Harness]:
+                      journal: Path | None = None, **options: Any) -> AsyncIterator[Harness]:
     api = GitHubApi(TOKEN, base_url=standin.url)
     repository = GitRepository(str(repo.origin), checkout)
     bot = Bot(api, repository, cluster, BotOptions(mergeable_delay_s=0.01, **options))
-    webhooks = Webhooks(bot, SECRET.encode())
+    webhooks = Webhooks(bot, SECRET.encode(), journal=journal)
     transport = httpx.ASGITransport(app=create_app(webhooks))
     async with httpx.AsyncClient(transport=transport, base_url="http://bot") as client:
         yield Harness(standin.state, repo, webhooks, client)

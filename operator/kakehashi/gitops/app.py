@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -30,11 +32,23 @@ log = logging.getLogger("kakehashi.gitops")
 
 
 class Deliveries:
-    """The delivery GUIDs already accepted: a redelivery (same GUID) must not run twice."""
+    """The delivery GUIDs already accepted: a redelivery (same GUID) must not run twice.
 
-    def __init__(self, capacity: int) -> None:
+    With a `journal` file they survive a restart: each accepted GUID is appended (one line,
+    flushed before the command starts), and the newest `capacity` are read back at start. A
+    redelivery after the bot restarted mid-command is then still a duplicate, not a second run.
+    """
+
+    def __init__(self, capacity: int, journal: Path | None = None) -> None:
         self.capacity = capacity
+        self.journal = journal
         self._seen: OrderedDict[str, None] = OrderedDict()
+        if journal is not None and journal.exists():
+            for line in journal.read_text().splitlines()[-capacity:]:
+                if line.strip():
+                    self._seen[line.strip()] = None
+            # Rewrite it to the kept tail, so the file does not grow without bound.
+            journal.write_text("".join(f"{guid}\n" for guid in self._seen))
 
     def first_time(self, guid: str) -> bool:
         """Record `guid`; False if it was recorded before. No await inside: atomic on the loop."""
@@ -44,18 +58,25 @@ class Deliveries:
         self._seen[guid] = None
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
+        if self.journal is not None:
+            with self.journal.open("a") as handle:  # a few dozen bytes: blocking is negligible
+                handle.write(f"{guid}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
         return True
 
 
 class Webhooks:
     """The app's state: the secret, the deliveries seen and the commands still running."""
 
-    def __init__(self, bot: Bot, secret: bytes, *, deliveries: int = 10_000) -> None:
+    def __init__(
+        self, bot: Bot, secret: bytes, *, deliveries: int = 10_000, journal: Path | None = None
+    ) -> None:
         if not secret:
             raise ValueError("refusing to start without a webhook secret")
         self.bot = bot
         self._secret = secret
-        self.deliveries = Deliveries(deliveries)
+        self.deliveries = Deliveries(deliveries, journal)
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def drain(self, timeout_s: float | None = None) -> None:

@@ -71,8 +71,10 @@ def main(check: bool) -> None:
         BotOptions(config_path=settings.config_path, allow_forks=settings.allow_forks,
                    status_context=settings.status_context, lock_wait_s=settings.lock_wait_seconds),
     )
+    if settings.deliveries_journal is not None:
+        settings.deliveries_journal.parent.mkdir(parents=True, exist_ok=True)
     webhooks = Webhooks(bot, settings.webhook_secret.get_secret_value().encode(),
-                        deliveries=settings.deliveries_remembered)
+                        deliveries=settings.deliveries_remembered, journal=settings.deliveries_journal)
     logging.getLogger("kakehashi.gitops").info("bot starting", extra={"settings": settings.model_dump(mode="json")})
     uvicorn.run(create_app(webhooks), host=settings.host, port=settings.port, log_level="info", ws="none")
 

@@ -44,8 +44,17 @@ class BotSettings(BaseSettings):
     kubectl: str = Field(default="kubectl", description="The kubectl binary (kustomize build, server-side diff).")
     rollout_timeout_seconds: float = Field(default=300.0, gt=0, description="How long a rollout may take to be ready.")
     log_format: Literal["json", "plain"] = Field(default="json", description="Log line format.")
+    deliveries_journal: Path | None = Field(
+        default=Path("/var/lib/kakehashi-bot/deliveries"),
+        description="File the accepted delivery GUIDs are appended to, so a restart still knows them ('' : memory only).",
+    )
     host: str = Field(default="0.0.0.0", description="Address the webhook server listens on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port the webhook server listens on.")
+
+    @field_validator("deliveries_journal", mode="before")
+    @classmethod
+    def _no_journal(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("webhook_secret")
     @classmethod

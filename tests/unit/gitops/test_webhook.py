@@ -171,3 +171,33 @@ def test_verify_accepts_only_sha256_of_the_exact_bytes() -> None:
             verify(b"k" * 16, body, header)
     with pytest.raises(SignatureError):
         verify(b"k" * 16, body + b" ", good)
+
+
+def test_a_redelivery_after_a_restart_still_runs_nothing_twice(
+    standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
+) -> None:
+    open_service_pr(repo, standin.state, 7)
+    journal = tmp_path / "deliveries"
+    cluster = RecordingCluster()
+    guid = "9a8b7c6d-0000-11f0-8000-000000000007"
+
+    async def main() -> None:
+        for restart in range(2):  # the same journal, a new process's memory
+            async with running_bot(standin, repo, tmp_path / "bot-checkout", cluster, journal=journal) as h:
+                answer = await h.deliver(payload("/deploy production"), guid=guid)
+                assert answer.json()["outcome"] == ("accepted" if restart == 0 else "duplicate")
+                await h.settle()
+
+    asyncio.run(main())
+    assert len(cluster.applied) == 1 and journal.read_text() == guid + "\n"
+
+
+def test_the_delivery_journal_keeps_only_the_newest(tmp_path: Path) -> None:
+    from kakehashi.gitops.app import Deliveries
+
+    journal = tmp_path / "deliveries"
+    journal.write_text("".join(f"guid-{i}\n" for i in range(150)))
+    deliveries = Deliveries(100, journal)
+    assert not deliveries.first_time("guid-149") and not deliveries.first_time("guid-50")
+    assert deliveries.first_time("guid-49")  # forgotten: beyond the newest 100
+    assert journal.read_text().splitlines()[0] == "guid-50" and journal.read_text().splitlines()[-1] == "guid-49"
