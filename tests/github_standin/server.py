@@ -75,6 +75,8 @@ class GitHubState:
     # Called with the PR before each GET of it: a test moves the head "while the bot waits".
     on_pull_read: Callable[[PullRequestState], None] | None = None
     git_dir: Path | None = None  # the GitOps repository (bare): a merge really merges there
+    # Branch protection: status contexts that must be "success" on the head for a merge.
+    required_contexts: set[str] = field(default_factory=set)
 
     @property
     def full_name(self) -> str:
@@ -210,6 +212,11 @@ class StandIn:
                 return 404, NOT_FOUND
             if pr.merged or pr.mergeable is not True:
                 return 405, {"message": "Pull Request is not mergeable", "documentation_url": "https://docs.github.com/rest"}
+            latest = {c: st for sha, st, c, _ in state.statuses if sha == pr.head_sha}
+            missing = sorted(c for c in state.required_contexts if latest.get(c) != "success")
+            if missing:
+                return 405, {"message": f"Required status check \"{missing[0]}\" is expected.",
+                             "documentation_url": "https://docs.github.com/rest"}
             if body and body.get("sha") not in (None, pr.head_sha):
                 return 409, {"message": "Head branch was modified. Review and try the merge again.",
                              "documentation_url": "https://docs.github.com/rest"}

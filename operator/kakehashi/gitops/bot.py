@@ -226,7 +226,7 @@ class Bot:
         holder = Holder(ctx.actor, f"/deploy {name}", ctx.number, now())
         try:
             async with self.locks.hold(keys, holder, timeout_s=self.options.lock_wait_s):
-                result = await self._deploy_locked(ctx, name, environment, sha, services)
+                result = await self._deploy_locked(ctx, name, environment, sha, services, context)
         except LockTimeout as timeout:
             who = timeout.holder.describe() if timeout.holder else "another command"
             await self._status(ctx, sha, "failure", context, "still locked; comment again later")
@@ -241,11 +241,12 @@ class Bot:
         except Exception as error:
             await self._status(ctx, sha, "error", context, f"bot error: {type(error).__name__}")
             raise
-        await self._status(ctx, sha, "success" if result.ok else "failure", context, result.summary)
+        if not result.ok:  # a success was set before the merge, under the lock
+            await self._status(ctx, sha, "failure", context, result.summary)
         await self._reply(ctx, result.details or result.summary)
 
     async def _deploy_locked(
-        self, ctx: Context, name: str, environment: Environment, sha: str, services: list[str]
+        self, ctx: Context, name: str, environment: Environment, sha: str, services: list[str], context: str
     ) -> ApplyResult:
         # Everything is read again now that the lock is held: the command may have waited.
         pr, reviews = await asyncio.gather(
@@ -280,13 +281,17 @@ class Bot:
                 lines += [f"**{service}**: {result.summary}", "", result.details, ""]
                 if not result.ok:
                     return ApplyResult(False, f"{service}: {result.summary}", "\n".join(lines).strip())
+        # The rollout's verdict goes on the commit before the merge: a branch protection that
+        # requires this very status (so nobody merges what was not deployed) then lets it merge.
+        summary = f"deployed {', '.join(services)} to {name}"
+        await self._status(ctx, sha, "success", context, summary)
         try:
             merged = await self.github.merge(ctx.owner, ctx.repo, ctx.number, sha, f"/deploy {name} by @{ctx.actor}")
         except MergeRefused as refused:
             lines.append(f"Applied, but GitHub refused the merge ({refused.status}: {refused}).")
             return ApplyResult(False, f"applied; merge refused: {refused}", "\n".join(lines).strip())
         lines.append(f"Merged as `{merged[:12]}`.")
-        return ApplyResult(True, f"deployed {', '.join(services)} to {name}", "\n".join(lines).strip())
+        return ApplyResult(True, summary, "\n".join(lines).strip())
 
     async def _diff(self, ctx: Context, pr: PullRequest, name: str) -> None:
         config = await self._config(pr)

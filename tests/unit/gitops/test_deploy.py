@@ -391,3 +391,20 @@ def test_the_same_deploy_commented_twice_applies_once(
 
     assert len(run(standin, repo, tmp_path, scenario, cluster).applied) == 1
     assert standin.state.merges == [(7, sha)]
+
+
+def test_the_deploy_status_can_be_a_required_check(
+    standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any
+) -> None:
+    """Branch protection requiring kakehashi/deploy/production: nobody merges what was not
+    deployed, and the bot's own merge passes because the rollout's verdict is set first."""
+    standin.state.required_contexts = {"kakehashi/deploy/production"}
+    sha = open_service_pr(repo, standin.state, 7)
+
+    async def scenario(h: Harness) -> None:
+        await h.deliver(payload("/deploy production"))
+        await h.settle()
+        assert h.statuses(sha) == [("pending", "kakehashi/deploy/production"), ("success", "kakehashi/deploy/production")]
+
+    run(standin, repo, tmp_path, scenario)
+    assert standin.state.merges == [(7, sha)]
