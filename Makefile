@@ -42,3 +42,4 @@ benchmarks: bootstrap
 	$(VENV)/python benchmarks/cold_start.py
 	$(VENV)/python benchmarks/baking.py
 	$(VENV)/python benchmarks/delivery.py
+	$(VENV)/python benchmarks/gitops.py
