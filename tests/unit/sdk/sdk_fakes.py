@@ -33,6 +33,9 @@ class FakeKube:
         return [copy.deepcopy(o) for (plural, ns, _), o in self.objects.items()
                 if plural == resource.plural and ns == namespace]
 
+    def log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        return ""
+
     def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         self.patches.append(patch)
         found = self.objects.get((resource.plural, namespace, name))
