@@ -53,6 +53,9 @@ def errors(func: F) -> F:
             return func(*args, **kwargs)
         except (KakehashiError, ValueError) as error:
             raise click.ClickException(str(error)) from None
+        except ModuleNotFoundError as error:  # an image without the SDK's extra
+            raise click.ClickException(
+                f"{error.name} is not installed: this verb needs pip install 'kakehashi[sdk]'") from None
     return wrapper  # type: ignore[return-value]
 
 

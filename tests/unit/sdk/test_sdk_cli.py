@@ -122,3 +122,19 @@ def test_table_and_age_helpers() -> None:
     now = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
     assert [output.age(t, now) for t in ("2026-11-26T11:59:15Z", "2026-11-26T11:48:00Z",
                                          "2026-11-26T09:00:00Z", "2026-11-24T12:00:00Z")] == ["45s", "12m", "3h", "2d"]
+
+
+def test_without_the_sdk_extra_help_works_and_a_verb_says_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['kubernetes'] = None\n"
+        "from click.testing import CliRunner\n"
+        "from kakehashi.cli import main\n"
+        "assert CliRunner().invoke(main, ['runs', '--help']).exit_code == 0\n"
+        "result = CliRunner().invoke(main, ['runs'])\n"
+        "print(result.exit_code, result.output)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.startswith("1 Error: kubernetes is not installed: this verb needs pip install 'kakehashi[sdk]'")
