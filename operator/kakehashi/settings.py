@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
@@ -48,6 +49,26 @@ class OperatorSettings(BaseSettings):
     )
     registry_insecure: bool = Field(
         default=False, description="Bake Jobs talk plain HTTP to registries (a local dev registry only)."
+    )
+    gitops_api_url: str = Field(
+        default="https://api.github.com", description="GitHub REST API base URL for delivery.mode gitops."
+    )
+    gitops_clone_url: str = Field(
+        default="https://github.com/{repository}.git",
+        description="Clone URL of a GitOps repository; {repository} is spec.delivery.gitops.repository (owner/name).",
+    )
+    gitops_token_secret: str = Field(
+        default="kakehashi-gitops",
+        description="Secret in the service's namespace whose `token` key may push branches and open pull "
+        "requests in the GitOps repository (never logged, never in an Event or status).",
+    )
+    gitops_checkout: Path | None = Field(
+        default=None, description="Where the operator keeps its clones of GitOps repositories "
+        "(default: $KAKEHASHI_CACHE_DIR/gitops, else ~/.cache/kakehashi/gitops).",
+    )
+    gitops_author: str = Field(
+        default="kakehashi <kakehashi@users.noreply.github.com>",
+        description="Author and committer of the commits that propose a deploy ('Name <email>').",
     )
     threads: int = Field(default=16, ge=1, description="Threads for blocking API and S3 calls.")
     metrics_port: int = Field(default=9090, ge=0, description="Prometheus /metrics port (0: off).")

@@ -24,7 +24,7 @@ PACKAGE = "@octokit/openapi@23.0.2"
 MEMBER = "package/generated/api.github.com.json"
 OUT = Path(__file__).with_name("openapi-subset.json")
 
-# (method, path): every GitHub REST call the bot makes (kakehashi.gitops.github).
+# (method, path): every GitHub REST call the bot (kakehashi.gitops.github) and GitOps delivery make.
 OPERATIONS = [
     ("get", "/repos/{owner}/{repo}/collaborators/{username}/permission"),
     ("get", "/repos/{owner}/{repo}/pulls/{pull_number}"),
@@ -33,6 +33,10 @@ OPERATIONS = [
     ("post", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
     ("post", "/repos/{owner}/{repo}/statuses/{sha}"),
     ("get", "/orgs/{org}/teams/{team_slug}/memberships/{username}"),
+    # GitOps delivery (kakehashi.delivery.gitops): find, open and update the service's PR.
+    ("get", "/repos/{owner}/{repo}/pulls"),
+    ("post", "/repos/{owner}/{repo}/pulls"),
+    ("patch", "/repos/{owner}/{repo}/pulls/{pull_number}"),
 ]
 PROSE = {"description", "summary", "x-github", "externalDocs", "tags", "title"}
 

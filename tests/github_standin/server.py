@@ -48,6 +48,11 @@ class PullRequestState:
     state: str = "open"
     merged: bool = False
     merge_commit_sha: str | None = None
+    title: str = "Update"
+    body: str | None = None
+    # Opened through the API (GitOps delivery): the head follows the branch, as on GitHub,
+    # and refs/pull/N/head with it.
+    follows_branch: bool = False
 
 
 @dataclass
@@ -160,6 +165,40 @@ class StandIn:
         if params.get("owner", state.owner) != state.owner or params.get("repo", state.repo) != state.repo:
             return 404, NOT_FOUND
         key = (operation.method, operation.template)
+        for pr in state.pulls.values():
+            self._follow(pr)
+        if key == ("get", "/repos/{owner}/{repo}/pulls"):
+            wanted_state = query.get("state", "open")
+            head = query.get("head")
+            found = [pr for number, pr in sorted(state.pulls.items())
+                     if wanted_state in ("all", pr.state)
+                     and (head is None or head == f"{(pr.head_repository or state.full_name).split('/')[0]}:{pr.head_ref}")
+                     and query.get("base", pr.base_ref) == pr.base_ref]
+            return 200, [self._pull_simple(operation, pr) for pr in found]
+        if key == ("post", "/repos/{owner}/{repo}/pulls"):
+            head_ref = body["head"].split(":")[-1]
+            sha = self._rev(f"refs/heads/{head_ref}")
+            if sha is None or self._rev(f"refs/heads/{body['base']}") is None:
+                return 422, {"message": "Validation Failed", "documentation_url": "https://docs.github.com/rest",
+                             "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}]}
+            if any(pr.head_ref == head_ref and pr.state == "open" for pr in state.pulls.values()):
+                return 422, {"message": f"A pull request already exists for {state.owner}:{head_ref}.",
+                             "documentation_url": "https://docs.github.com/rest"}
+            number = max(state.pulls, default=0) + 1
+            pr = PullRequestState(number=number, author=state.bot_login, head_sha=sha, head_ref=head_ref,
+                                  base_ref=body["base"], title=body.get("title") or head_ref, body=body.get("body"),
+                                  follows_branch=True)
+            state.pulls[number] = pr
+            self._follow(pr)
+            return 201, self._pull(self.spec.match("GET", f"/repos/{state.owner}/{state.repo}/pulls/1")[0], pr)  # type: ignore[index]
+        if key == ("patch", "/repos/{owner}/{repo}/pulls/{pull_number}"):
+            pr = state.pulls.get(int(params["pull_number"]))
+            if pr is None:
+                return 404, NOT_FOUND
+            pr.title = (body or {}).get("title", pr.title)
+            pr.body = (body or {}).get("body", pr.body)
+            pr.state = (body or {}).get("state", pr.state)
+            return 200, self._pull(operation, pr)
         if key == ("get", "/repos/{owner}/{repo}/pulls/{pull_number}"):
             pr = state.pulls.get(int(params["pull_number"]))
             if pr is None:
@@ -239,9 +278,35 @@ class StandIn:
             return 200, answer
         return 404, NOT_FOUND
 
+    def _follow(self, pr: PullRequestState) -> None:
+        if not pr.follows_branch or pr.state != "open" or self.state.git_dir is None:
+            return
+        sha = self._rev(f"refs/heads/{pr.head_ref}")
+        if sha is not None and sha != pr.head_sha:
+            pr.head_sha = sha
+        if sha is not None and self._rev(f"refs/pull/{pr.number}/head") != sha:
+            subprocess.run(["git", "--git-dir", str(self.state.git_dir), "update-ref", f"refs/pull/{pr.number}/head", sha],
+                           check=True)
+
+    def _pull_simple(self, operation: Operation, pr: PullRequestState) -> dict[str, Any]:
+        """An item of the pull request list: the list example, with this PR's state."""
+        state = self.state
+        answer: dict[str, Any] = self.spec.example(operation, 200)[0]
+        answer["requested_teams"] = []
+        answer |= {"number": pr.number, "state": pr.state, "title": pr.title, "body": pr.body, "draft": False,
+                   "merge_commit_sha": pr.merge_commit_sha,
+                   "html_url": f"https://github.com/{state.full_name}/pull/{pr.number}"}
+        answer["user"]["login"] = pr.author
+        head_repo = pr.head_repository or state.full_name
+        answer["head"] |= {"sha": pr.head_sha, "ref": pr.head_ref, "label": f"{head_repo.split('/')[0]}:{pr.head_ref}"}
+        answer["base"] |= {"ref": pr.base_ref, "sha": self._rev(f"refs/heads/{pr.base_ref}") or answer["base"]["sha"]}
+        return answer
+
     def _pull(self, operation: Operation, pr: PullRequestState) -> dict[str, Any]:
         state = self.state
         answer: dict[str, Any] = self.spec.example(operation, 200)
+        answer |= {"title": pr.title, "body": pr.body,
+                   "html_url": f"https://github.com/{state.full_name}/pull/{pr.number}"}
         # The example's teams lack `type`, which the schema requires: the stand-in answers
         # what the description says GitHub answers.
         answer["requested_teams"] = []

@@ -212,6 +212,11 @@ class ModelServiceSpec(_Model):
 class Phase(StrEnum):
     BAKING = "Baking"
     DEPLOYING = "Deploying"
+    # delivery.mode gitops: a pull request proposes the deploy and waits for `/deploy`.
+    PROPOSED = "Proposed"
+    # delivery.mode gitops: the base branch holds the deploy (the bot merges only after the
+    # rollout was ready); production itself is watched by the bot, not by this operator.
+    DELIVERED = "Delivered"
     READY = "Ready"
     DEGRADED = "Degraded"
     FAILED = "Failed"
@@ -244,6 +249,18 @@ class BakeRef(_Model):
     image: str | None = Field(default=None, description="repository@sha256:... it pushed")
 
 
+class PullRequestRef(_Model):
+    """The GitOps pull request proposing this service's deploy (one per service, kept up to date)."""
+
+    number: int
+    url: str
+    head_sha: str = Field(alias="headSha", description="The commit it proposes now.")
+    state: Literal["open", "merged"] = Field(
+        default="open", description="merged: the base branch holds what it proposed."
+    )
+    image: str | None = Field(default=None, description="repository@sha256:... it proposes.")
+
+
 class ModelServiceStatus(_Model):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -266,7 +283,9 @@ class ModelServiceStatus(_Model):
     url: str | None = None
     bake: BakeRef | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
-    pull_request: str | None = Field(default=None, alias="pullRequest")
+    pull_request: PullRequestRef | None = Field(
+        default=None, alias="pullRequest", description="delivery.mode gitops: the pull request proposing the deploy."
+    )
 
 
 class ModelService(KubeObject):

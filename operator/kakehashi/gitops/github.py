@@ -22,6 +22,8 @@ from githubkit import GitHub
 from githubkit.exception import RequestFailed
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from kakehashi.delivery.github import client
+
 # Roles that may change what runs: GitHub's write and above (maintain maps to write).
 WRITE_ROLES: Final = frozenset({"admin", "maintain", "write"})
 StatusState = Literal["pending", "success", "failure", "error"]
@@ -117,9 +119,8 @@ class MergeRefused(Exception):
 
 class GitHubApi:
     def __init__(self, token: str, *, base_url: str, timeout_s: float = 10.0) -> None:
-        # No HTTP cache: a cached pull request could show an old head SHA, the one thing the
-        # bot must never be wrong about.
-        self._gh = GitHub(token, base_url=base_url, timeout=timeout_s, http_cache=False, user_agent="kakehashi-bot")
+        # No HTTP cache (see `client`): an old head SHA is the one thing the bot must never see.
+        self._gh: GitHub = client(token, base_url=base_url, timeout_s=timeout_s, user_agent="kakehashi-bot")  # type: ignore[type-arg]
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[None]:

@@ -10,11 +10,11 @@ that was approved. A token for https remotes reaches git through its environment
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
-import os
 import tarfile
 from pathlib import Path, PurePosixPath
+
+from kakehashi.delivery.github import git_environment
 
 
 class GitError(Exception):
@@ -25,14 +25,7 @@ class GitRepository:
     def __init__(self, url: str, directory: Path, *, token: str | None = None) -> None:
         self.url = url
         self.directory = directory
-        self._env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
-        if token and url.startswith("https://"):
-            basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-            self._env |= {
-                "GIT_CONFIG_COUNT": "1",
-                "GIT_CONFIG_KEY_0": "http.extraHeader",
-                "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
-            }
+        self._env = git_environment(url, token)
         # One fetch at a time: concurrent fetches into one repository fight over ref locks.
         self._fetching = asyncio.Lock()
 

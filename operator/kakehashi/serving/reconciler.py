@@ -26,6 +26,7 @@ from kakehashi.control.errors import PermanentError, TemporaryError, api_message
 from kakehashi.control.resources import JOBS
 from kakehashi.delivery.direct import Production
 from kakehashi.serving import bakejob, render
+from kakehashi.serving.gitops import GitOpsDelivery
 from kakehashi.serving.render import Release
 from kakehashi.serving.status import Observed, Problem, ResolvedModel, compute_status, status_patch
 from kakehashi.settings import OperatorSettings
@@ -64,6 +65,7 @@ class ServiceReconciler(Controller):
         *,
         events: EventSink,
         production: ProductionFactory = default_production,
+        gitops: GitOpsDelivery | None = None,
         threads: int = 8,
         backoff: Backoff | None = None,
     ) -> None:
@@ -72,6 +74,7 @@ class ServiceReconciler(Controller):
         self.settings = settings
         self.event = events
         self.production_factory = production
+        self.gitops = gitops or GitOpsDelivery(settings)
         self._productions: dict[str, Production] = {}
         self._applied: dict[Key, str] = {}  # what was last applied per service (its JSON)
 
@@ -117,10 +120,10 @@ class ServiceReconciler(Controller):
 
     async def _observe(self, key: Key, body: dict[str, Any], ms: ModelService) -> Observed:
         changed_by = _changed_by(body)
-        if ms.spec.delivery.mode != "direct" or ms.spec.delivery.direct is None:
+        delivery = ms.spec.delivery
+        if getattr(delivery, delivery.mode) is None:  # the CRD's CEL rule refuses this first
             return Observed(refusal=Problem(
-                "DeliveryNotAvailable",
-                "delivery.mode gitops is not available in this version: use delivery.mode direct",
+                "InvalidSpec", f"delivery.mode {delivery.mode} needs delivery.{delivery.mode}",
             ), changed_by=changed_by)
         release: Release | None = None
         rollback = False
@@ -190,6 +193,7 @@ class ServiceReconciler(Controller):
             gate_override=override if promotable.get("status") != "True" else None,
             metrics=dict(model.get("metrics") or {}), source=git.get("url"),
             revision=git.get("commit") or (status.get("source") or {}).get("commit"),
+            gate=promotable.get("message") or promotable.get("reason"),
         )
 
     async def _baked(
@@ -230,11 +234,13 @@ class ServiceReconciler(Controller):
         self, key: Key, ms: ModelService, release: Release, canary: Release | None, model: ResolvedModel | None,
         rollback: bool, bake_job: dict[str, Any] | None, bake_pods: list[dict[str, Any]], changed_by: str | None,
     ) -> Observed:
-        direct = ms.spec.delivery.direct
-        assert direct is not None
         desired = ms.spec.autoscaling.min if ms.spec.autoscaling else ms.spec.replicas
         base = Observed(model=model, release=release, rollback=rollback, bake_job=bake_job, bake_pods=bake_pods,
                         changed_by=changed_by, desired_replicas=desired)
+        if ms.spec.delivery.mode == "gitops":
+            return await self.gitops.deliver(self.io, self.kube, ms, release, canary, model, rollback, base)
+        direct = ms.spec.delivery.direct
+        assert direct is not None
         secret = await self.io(self.kube.read_secret, ms.namespace, direct.kubeconfig_secret.name)
         kubeconfig = (secret.data if secret else {}).get(direct.kubeconfig_secret.key)
         if not kubeconfig:

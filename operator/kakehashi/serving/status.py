@@ -21,6 +21,7 @@ from kakehashi.api.modelservice import (
     ModelService,
     ModelServiceStatus,
     Phase,
+    PullRequestRef,
 )
 from kakehashi.control.conditions import Condition, ConditionStatus, condition, true_condition
 from kakehashi.modelformat import now_rfc3339
@@ -48,6 +49,7 @@ class ResolvedModel:
     metrics: Mapping[str, float] = field(default_factory=dict)
     source: str | None = None  # git URL of the training code (an image label)
     revision: str | None = None  # the commit it trained from
+    gate: str | None = None  # the gate's result in the TrainingRun's words (Promotable's message)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Observed:
     served: Mapping[str, str] = field(default_factory=dict)  # ready pod -> digest it reports
     desired_replicas: int = 1
     changed_by: str | None = None
+    # delivery.mode gitops: the pull request proposing the release (state merged: the base
+    # branch holds it). Production is not read in that mode: the bot deploys and watches it.
+    pull_request: PullRequestRef | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,15 @@ def verdict(observed: Observed) -> Verdict:
         return Verdict(Phase.BAKING, "Baking", f"baking {digest} into the serving image")
     if observed.delivery_problem is not None:
         return Verdict(Phase.DEGRADED, observed.delivery_problem.reason, observed.delivery_problem.message)
+    pr = observed.pull_request
+    if pr is not None and pr.state == "open":
+        return Verdict(Phase.PROPOSED, "AwaitingDeploy", f"pull request #{pr.number} proposes "
+                       f"{observed.release.image}: comment /deploy <env> on {pr.url}")
+    if pr is not None:
+        how = f"pull request #{pr.number} was merged after /deploy rolled it out" if pr.number else \
+            "committed there outside a pull request of this service"
+        return Verdict(Phase.DELIVERED, "Merged", f"the GitOps repository holds {observed.release.image} ({how}); "
+                       "production is watched by the GitOps bot, not read by this operator")
     if not observed.applied:
         return Verdict(Phase.DEPLOYING, "Applying", f"applying {observed.release.image} to production")
     wanted = observed.release.model_digest
@@ -200,17 +214,25 @@ def compute_status(ms: ModelService, observed: Observed, *, now: datetime | None
         baked = cond(ConditionType.BAKED, "False", result.reason, result.message)
     else:
         baked = cond(ConditionType.BAKED, "Unknown", "NotBaked", "")
+    merged = observed.pull_request is not None and observed.pull_request.state == "merged"
     deployed = cond(
+        ConditionType.DEPLOYED, "True", "Merged", observed.release.image if observed.release else "",
+    ) if merged else cond(
+        ConditionType.DEPLOYED, "False", result.reason, result.message,
+    ) if result.phase == Phase.PROPOSED else cond(
         ConditionType.DEPLOYED,
         "True" if observed.applied else "False",
         "Applied" if observed.applied else (observed.delivery_problem.reason if observed.delivery_problem else "NotApplied"),
         observed.release.image if observed.applied and observed.release else
         (observed.delivery_problem.message if observed.delivery_problem else ""),
     )
-    ready = cond(ConditionType.READY, "True" if result.phase == Phase.READY else "False", result.reason, result.message)
+    # Delivered: the bot saw it ready before merging, but this operator does not read
+    # production in gitops mode, so it does not claim Ready either way.
+    ready = cond(ConditionType.READY, "Unknown" if result.phase == Phase.DELIVERED else
+                 "True" if result.phase == Phase.READY else "False", result.reason, result.message)
     wanted = observed.release.model_digest if observed.release else None
     history = list(previous.history)
-    if result.phase == Phase.READY and observed.release is not None and (
+    if result.phase in (Phase.READY, Phase.DELIVERED) and observed.release is not None and (
         not history or history[-1].image != observed.release.image
     ):
         history.append(HistoryEntry(
@@ -243,7 +265,7 @@ def compute_status(ms: ModelService, observed: Observed, *, now: datetime | None
         "url": previous.url,
         "bake": bake,
         "history": history[-MAX_HISTORY:],
-        "pullRequest": previous.pull_request,
+        "pullRequest": observed.pull_request or previous.pull_request,
     })
 
 

@@ -1,0 +1,282 @@
+"""delivery.mode gitops end to end on this machine: the ModelService loop (with an in-memory
+learning cluster) proposes the deploy as a pull request against the GitHub stand-in over real
+HTTP on 127.0.0.1 (every request and answer checked against GitHub's OpenAPI description),
+with a real bare git repository as the GitOps repository's origin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from github_standin.harness import GitOpsRepo, git
+from github_standin.server import GitHubState, StandIn
+
+from kakehashi.control.client import Secret
+from kakehashi.control.controller import Key
+from kakehashi.control.errors import TemporaryError
+from kakehashi.control.resources import Resource
+from kakehashi.serving import bakejob
+from kakehashi.serving.reconciler import FINALIZER, ServiceReconciler
+from kakehashi.settings import OperatorSettings
+
+OWNER, REPO = "acme", "deploys"
+TOKEN = "ghs_gitopsdeliverytoken0123456789"
+NS, NAME = "team", "digits"
+KEY: Key = (NS, NAME)
+DIGEST = "sha256:" + "1" * 64
+DIGEST2 = "sha256:" + "2" * 64
+IMAGE = "registry.local/models@sha256:" + "a" * 64
+IMAGE2 = "registry.local/models@sha256:" + "b" * 64
+BRANCH = f"kakehashi/{NS}/{NAME}"
+
+
+class FakeKube:
+    """The learning cluster as the loop sees it: objects, Secrets and the status it writes."""
+
+    def __init__(self, token: str) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.created: list[dict[str, Any]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.secrets = {"kakehashi-gitops": Secret(data={"token": token})}
+
+    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((resource.kind, namespace, name))
+
+    def create(self, resource: Resource, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        key = (resource.kind, body["metadata"]["namespace"], body["metadata"]["name"])
+        obj = {**body, "metadata": {**body["metadata"], "uid": f"uid-{len(self.created)}"}, "status": {}}
+        self.objects[key] = obj
+        self.created.append(obj)
+        return obj, True
+
+    def patch_status(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.statuses.append(patch["status"])
+        return {"metadata": {"uid": "ms-uid", "resourceVersion": str(1000 + len(self.statuses))}, "status": patch["status"]}
+
+    def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return patch
+
+    def read_secret(self, namespace: str, name: str) -> Secret | None:
+        return self.secrets.get(name)
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> bool:
+        return self.objects.pop((resource.kind, namespace, name), None) is not None
+
+
+def run_body(name: str, digest: str, accuracy: float) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": NS},
+        "status": {"phase": "Succeeded",
+                   "model": {"uri": f"s3://models/{name}/", "digest": digest, "metrics": {"accuracy": accuracy},
+                             "lineage": {"git": {"url": "https://github.com/acme/models.git", "commit": "c0ffee42"}}},
+                   "conditions": [{"type": "Promotable", "status": "True", "reason": "GateMet",
+                                   "message": f"accuracy={accuracy} >= 0.9"}]},
+    }
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> GitOpsRepo:
+    # What already runs: another service, and the bot's config; nothing of `digits` yet.
+    return GitOpsRepo.create(tmp_path / "git", {"production/other/kustomization.yaml": "resources: []\n",
+                                                "README.md": "deploys\n"})
+
+
+@pytest.fixture
+def standin(origin: GitOpsRepo) -> Iterator[StandIn]:
+    server = StandIn(GitHubState(owner=OWNER, repo=REPO, token=TOKEN, git_dir=origin.origin)).start()
+    yield server
+    server.stop()
+    assert server.state.violations == []  # every call was one GitHub would accept
+
+
+class World:
+    def __init__(self, standin: StandIn, origin: GitOpsRepo, tmp_path: Path, token: str = TOKEN) -> None:
+        self.standin = standin
+        self.origin = origin
+        self.kube = FakeKube(token)
+        self.events: list[tuple[str, str, str]] = []
+        settings = OperatorSettings(  # type: ignore[call-arg]
+            gitops_api_url=standin.url, gitops_clone_url=str(origin.origin), gitops_checkout=tmp_path / "checkout",
+        )
+        self.rec = ServiceReconciler(
+            self.kube, settings,
+            events=lambda body, type_, reason, message: self.events.append((type_, reason, message)),
+            threads=2,
+        )
+        self.services: dict[Key, list[dict[str, Any]]] = {KEY: [{
+            "apiVersion": "kakehashi.dev/v1alpha1", "kind": "ModelService",
+            "metadata": {"name": NAME, "namespace": NS, "uid": "ms-uid", "generation": 1, "finalizers": [FINALIZER]},
+            "spec": {"model": {"trainingRun": "digits-1"}, "registry": "registry.local/models", "replicas": 2,
+                     "delivery": {"mode": "gitops", "gitops": {"repository": f"{OWNER}/{REPO}", "path": "production",
+                                                               "namespace": "prod"}}},
+        }]}
+        self.runs: dict[Key, list[dict[str, Any]]] = {(NS, "digits-1"): [run_body("digits-1", DIGEST, 0.93)],
+                                                      (NS, "digits-2"): [run_body("digits-2", DIGEST2, 0.97)]}
+        self.jobs: dict[Key, list[dict[str, Any]]] = {}
+        self.pods: dict[Key, list[dict[str, Any]]] = {}
+        self.rec.bind(services=self.services, runs=self.runs, bakejobs=self.jobs, bakepods=self.pods)
+
+    def reconcile(self) -> dict[str, Any]:
+        async def once() -> None:
+            await self.rec.reconcile(KEY)
+            self.rec.queue.forget(KEY)
+
+        asyncio.run(once())
+        status = self.kube.statuses[-1]
+        self.services[KEY] = [{**self.services[KEY][0], "status": status}]
+        return status
+
+    def bake(self, image: str, digest: str) -> dict[str, Any]:
+        """Reconcile until the bake Job exists, let it report `image`, and reconcile again."""
+        self.reconcile()
+        job = self.kube.created[-1]
+        self.jobs[KEY] = [job]
+        self.pods[KEY] = [{
+            "metadata": {"name": "bake-pod", "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+            "status": {"containerStatuses": [{"name": bakejob.CONTAINER, "state": {"terminated": {
+                "exitCode": 0, "message": json.dumps({"image": image, "modelDigest": digest})}}}]},
+        }]
+        return self.reconcile()
+
+    def serve_model(self, run: str) -> None:
+        body = self.services[KEY][0]
+        self.services[KEY] = [{**body, "metadata": {**body["metadata"], "generation": 2},
+                               "spec": {**body["spec"], "model": {"trainingRun": run}}}]
+
+    def branch_file(self, name: str) -> str:
+        return git(self.origin.origin, "show", f"refs/heads/{BRANCH}:production/{NAME}/{name}")
+
+    def posts(self, path: str, method: str = "POST") -> int:
+        return sum(1 for m, p, _ in self.standin.state.requests if m == method and p == path)
+
+
+def test_a_baked_model_is_proposed_as_one_pull_request_and_the_service_awaits_deploy(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    world = World(standin, origin, tmp_path)
+    status = world.bake(IMAGE, DIGEST)
+
+    assert status["phase"] == "Proposed" and status["reason"] == "AwaitingDeploy"
+    pr = status["pullRequest"]
+    assert pr["number"] == 1 and pr["state"] == "open" and pr["url"].endswith(f"/{OWNER}/{REPO}/pull/1")
+    assert pr["headSha"] == git(origin.origin, "rev-parse", f"refs/heads/{BRANCH}")
+    assert pr["url"] in status["message"] and "/deploy" in status["message"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    deployed = next(c for c in status["conditions"] if c["type"] == "Deployed")
+    assert ready["status"] == "False" and deployed["status"] == "False"
+    assert status["history"] == []  # nothing was deployed yet
+
+    # The branch holds the kustomize directory, image pinned by digest, on top of main.
+    kustomization = yaml.safe_load(world.branch_file("kustomization.yaml"))
+    assert kustomization["namespace"] == "prod" and "deployment-digits.yaml" in kustomization["resources"]
+    assert f"image: {IMAGE}" in world.branch_file("deployment-digits.yaml")
+    assert git(origin.origin, "rev-parse", f"refs/heads/{BRANCH}^") == git(origin.origin, "rev-parse", "refs/heads/main")
+
+    # The PR as a reviewer sees it: metrics, gate, lineage, digests and the diff.
+    (github_pr,) = standin.state.pulls.values()
+    assert github_pr.head_ref == BRANCH and github_pr.base_ref == "main"
+    text = github_pr.body or ""
+    assert "| accuracy | 0.93 |" in text and "passed: accuracy=0.93 >= 0.9" in text
+    assert "c0ffee42" in text and "s3://models/digits-1/" in text and "https://github.com/acme/models.git" in text
+    assert IMAGE in text and DIGEST in text
+    assert "+++ b/production/digits/deployment-digits.yaml" in text
+
+    # Looking again changes nothing: no new commit, no second PR, no needless update.
+    head = pr["headSha"]
+    again = world.reconcile()
+    assert again["pullRequest"]["headSha"] == head and len(standin.state.pulls) == 1
+    assert world.posts(f"/repos/{OWNER}/{REPO}/pulls") == 1
+    assert world.posts(f"/repos/{OWNER}/{REPO}/pulls/1", "PATCH") == 0
+
+
+def test_a_newer_model_updates_the_same_pull_request_then_its_merge_is_recorded(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    world = World(standin, origin, tmp_path)
+    first = world.bake(IMAGE, DIGEST)["pullRequest"]
+
+    world.serve_model("digits-2")
+    status = world.bake(IMAGE2, DIGEST2)
+    pr = status["pullRequest"]
+    assert pr["number"] == first["number"] and pr["headSha"] != first["headSha"]
+    assert len(standin.state.pulls) == 1 and world.posts(f"/repos/{OWNER}/{REPO}/pulls") == 1
+    assert f"image: {IMAGE2}" in world.branch_file("deployment-digits.yaml")
+    text = standin.state.pulls[1].body or ""
+    assert IMAGE2 in text and "| accuracy | 0.97 |" in text and "digits-1" not in text
+    assert standin.state.pulls[1].head_sha == pr["headSha"]  # GitHub's PR follows the branch
+
+    # The bot merges after `/deploy` rolled it out: the base branch now holds the directory.
+    answer = httpx.put(f"{standin.url}/repos/{OWNER}/{REPO}/pulls/1/merge",
+                       headers={"Authorization": f"Bearer {TOKEN}"}, json={"sha": pr["headSha"]})
+    assert answer.status_code == 200, answer.text
+    delivered = world.reconcile()
+    assert delivered["phase"] == "Delivered" and delivered["reason"] == "Merged"
+    assert delivered["pullRequest"]["state"] == "merged" and delivered["pullRequest"]["number"] == 1
+    assert [(h["image"], h["modelDigest"]) for h in delivered["history"]] == [(IMAGE2, DIGEST2)]
+    assert next(c for c in delivered["conditions"] if c["type"] == "Deployed")["status"] == "True"
+    assert next(c for c in delivered["conditions"] if c["type"] == "Ready")["status"] == "Unknown"
+    assert len(standin.state.pulls) == 1  # nothing new proposed for what already runs
+
+
+def test_the_token_never_reaches_a_log_an_event_or_the_status(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    world = World(standin, origin, tmp_path)
+    world.bake(IMAGE, DIGEST)
+    world.serve_model("digits-2")
+    world.bake(IMAGE2, DIGEST2)
+    said = json.dumps(world.kube.statuses) + json.dumps(world.events) + caplog.text
+    assert world.kube.statuses and TOKEN not in said
+    assert TOKEN not in git(origin.origin, "log", "--all", "--format=%an %ae %s %b")
+
+
+def test_github_refusing_the_token_is_reported_without_it(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    wrong = "ghs_revokedtoken9876543210"
+    world = World(standin, origin, tmp_path, token=wrong)
+    status = world.bake(IMAGE, DIGEST)
+    assert status["phase"] == "Degraded" and status["reason"] == "PullRequestRefused"
+    assert "401" in status["message"] and "Bad credentials" in status["message"]
+    assert wrong not in json.dumps(world.kube.statuses) + json.dumps(world.events)
+    assert status["pullRequest"] is None
+
+
+def test_github_unreachable_is_retried_and_never_recorded(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    world = World(standin, origin, tmp_path)
+    world.reconcile()  # the bake Job
+    written = len(world.kube.statuses)
+    standin.stop()
+    world.rec.gitops.publisher.timeout_s = 3
+    job = world.kube.created[-1]
+    world.jobs[KEY] = [job]
+    world.pods[KEY] = [{
+        "metadata": {"name": "bake-pod", "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+        "status": {"containerStatuses": [{"name": bakejob.CONTAINER, "state": {"terminated": {
+            "exitCode": 0, "message": json.dumps({"image": IMAGE, "modelDigest": DIGEST})}}}]},
+    }]
+    with pytest.raises(TemporaryError) as raised:
+        asyncio.run(world.rec.reconcile(KEY))
+    assert TOKEN not in str(raised.value)
+    assert len(world.kube.statuses) == written  # a passing outage is no fact about the service
+
+
+def test_no_token_secret_says_which_secret_is_missing(standin: StandIn, origin: GitOpsRepo, tmp_path: Path) -> None:
+    world = World(standin, origin, tmp_path)
+    world.kube.secrets.clear()
+    status = world.bake(IMAGE, DIGEST)
+    assert status["phase"] == "Degraded" and status["reason"] == "GitOpsTokenMissing"
+    assert "kakehashi-gitops" in status["message"]
+    assert subprocess.run(["git", "--git-dir", str(origin.origin), "rev-parse", "--verify", "-q", f"refs/heads/{BRANCH}"],
+                          capture_output=True).returncode != 0
