@@ -16,13 +16,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from github_standin.harness import GitOpsRepo, git
-from github_standin.server import GitHubState, StandIn
+from github_standin import harness
+from github_standin.harness import GitOpsRepo, git, payload, running_bot
+from github_standin.server import GitHubState, ReviewState, StandIn
 
 from kakehashi.control.client import Secret
 from kakehashi.control.controller import Key
 from kakehashi.control.errors import TemporaryError
 from kakehashi.control.resources import Resource
+from kakehashi.gitops.cluster import ApplyResult, Origin, ServiceChange, TrainResult
 from kakehashi.serving import bakejob
 from kakehashi.serving.reconciler import FINALIZER, ServiceReconciler
 from kakehashi.settings import OperatorSettings
@@ -98,7 +100,8 @@ def standin(origin: GitOpsRepo) -> Iterator[StandIn]:
 
 
 class World:
-    def __init__(self, standin: StandIn, origin: GitOpsRepo, tmp_path: Path, token: str = TOKEN) -> None:
+    def __init__(self, standin: StandIn, origin: GitOpsRepo, tmp_path: Path, token: str = TOKEN,
+                 repository: str = f"{OWNER}/{REPO}") -> None:
         self.standin = standin
         self.origin = origin
         self.kube = FakeKube(token)
@@ -115,7 +118,7 @@ class World:
             "apiVersion": "kakehashi.dev/v1alpha1", "kind": "ModelService",
             "metadata": {"name": NAME, "namespace": NS, "uid": "ms-uid", "generation": 1, "finalizers": [FINALIZER]},
             "spec": {"model": {"trainingRun": "digits-1"}, "registry": "registry.local/models", "replicas": 2,
-                     "delivery": {"mode": "gitops", "gitops": {"repository": f"{OWNER}/{REPO}", "path": "production",
+                     "delivery": {"mode": "gitops", "gitops": {"repository": repository, "path": "production",
                                                                "namespace": "prod"}}},
         }]}
         self.runs: dict[Key, list[dict[str, Any]]] = {(NS, "digits-1"): [run_body("digits-1", DIGEST, 0.93)],
@@ -280,3 +283,58 @@ def test_no_token_secret_says_which_secret_is_missing(standin: StandIn, origin: 
     assert "kakehashi-gitops" in status["message"]
     assert subprocess.run(["git", "--git-dir", str(origin.origin), "rev-parse", "--verify", "-q", f"refs/heads/{BRANCH}"],
                           capture_output=True).returncode != 0
+
+
+class DirectoryCluster:
+    """The bot's cluster side, recording the directory `/deploy` would kustomize-build."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, str, dict[str, str]]] = []
+
+    async def apply(self, change: ServiceChange, origin: Origin) -> ApplyResult:
+        assert change.directory is not None
+        files = {path.name: path.read_text() for path in sorted(change.directory.iterdir())}
+        self.applied.append((change.service, origin.sha, files))
+        return ApplyResult(True, "ready: 2/2 replicas serve the new digest")
+
+    async def diff(self, change: ServiceChange) -> str:
+        return ""
+
+    async def rollback(self, environment: str, service: str, target: str | None, origin: Origin) -> ApplyResult:
+        raise AssertionError("not used")
+
+    async def train(self, directory: Path, origin: Origin) -> TrainResult:
+        raise AssertionError("not used")
+
+
+def test_the_bot_deploys_the_proposed_pull_request_and_the_service_then_reads_delivered(tmp_path: Path) -> None:
+    """The two halves of issue 12 meet: the PR the operator opens is one the bot's `/deploy`
+    applies (the service directory under the environment's path) and merges."""
+    config = "environments:\n  production:\n    path: production\n    approvals: 1\n"
+    origin = GitOpsRepo.create(tmp_path / "git", {".kakehashi/bot.yaml": config})
+    standin = harness.start_standin(origin)
+    try:
+        world = World(standin, origin, tmp_path, token=harness.TOKEN, repository=f"{harness.OWNER}/{harness.REPO}")
+        pr = world.bake(IMAGE, DIGEST)["pullRequest"]
+        standin.state.reviews[pr["number"]] = [ReviewState(harness.REVIEWER, "APPROVED", pr["headSha"])]
+        cluster = DirectoryCluster()
+
+        async def deploy() -> None:
+            async with running_bot(standin, origin, tmp_path / "bot", cluster) as bot:  # type: ignore[arg-type]
+                answer = await bot.deliver(payload("/deploy production", number=pr["number"]))
+                assert answer.status_code == 202
+                await bot.settle()
+
+        asyncio.run(deploy())
+        assert standin.state.merges == [(pr["number"], pr["headSha"])], standin.state.comments
+        ((service, sha, files),) = cluster.applied
+        assert service == NAME and sha == pr["headSha"]
+        assert "kustomization.yaml" in files and f"image: {IMAGE}" in files["deployment-digits.yaml"]
+
+        delivered = world.reconcile()
+        assert delivered["phase"] == "Delivered"
+        assert delivered["pullRequest"]["number"] == pr["number"] and delivered["pullRequest"]["state"] == "merged"
+        assert [h["image"] for h in delivered["history"]] == [IMAGE]
+        assert standin.state.violations == []
+    finally:
+        standin.stop()
