@@ -254,21 +254,19 @@ class _Sized:
 
 class _SignatureRunner:
     """Any signature of a single-signature flatbuffer, one call at a time (interpreters are
-    not thread-safe), resized to each call's shapes. Built on first use."""
+    not thread-safe), resized to each call's shapes.
+
+    Built at load, not on first use: a flatbuffer the runtime cannot read must fail the load,
+    so the pod never turns ready on a model that cannot answer (its record's sha256 proves the
+    bytes are the ones recorded, not that they are a model)."""
 
     def __init__(self, flatbuffer: bytes, name: str, threads: int) -> None:
-        self._flatbuffer = flatbuffer
-        self._name = name
-        self._threads = threads
         self._lock = threading.Lock()
-        self._runner: Any = None
+        interpreter = interpreter_class()(model_content=flatbuffer, num_threads=threads)
+        self._runner: Any = interpreter.get_signature_runner(name)
 
     def __call__(self, inputs: dict[str, Array]) -> dict[str, Array]:
         with self._lock:
-            if self._runner is None:
-                interpreter = interpreter_class()(model_content=self._flatbuffer,
-                                                  num_threads=self._threads)
-                self._runner = interpreter.get_signature_runner(self._name)
             return {key: np.array(value) for key, value in self._runner(**inputs).items()}
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from modelservices import Services
 from trainingruns import Runs, wait_for
 
-from kakehashi import GROUP, VERSION
+from kakehashi import GROUP
 
 DIGEST = "sha256:" + "0" * 64
 
@@ -20,22 +21,6 @@ def _spec(**extra: Any) -> dict[str, Any]:
     return {"model": {"trainingRun": "digits"}, "registry": "127.0.0.1:5000/models",
             "delivery": {"mode": "direct", "direct": {"kubeconfigSecret": {"name": "prod"}, "namespace": "prod"}},
             **extra}
-
-
-class Services:
-    def __init__(self, api: Any, namespace: str) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.namespace = namespace
-
-    def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService", "metadata": {"name": name}, "spec": spec}
-        created: dict[str, Any] = self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "modelservices", body)
-        return created
-
-    def status(self, name: str) -> dict[str, Any]:
-        body = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "modelservices", name)
-        return dict(body.get("status") or {})
 
 
 @pytest.fixture

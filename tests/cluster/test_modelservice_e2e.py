@@ -5,72 +5,27 @@ digest, answers predictions through its Service, and rolls back without baking a
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import pytest
 from kubernetes import client
+from modelservices import Services, predict, prepare_namespace, service_spec
 from trainingruns import Runs, wait_for
 
-from kakehashi import GROUP, VERSION
+from kakehashi import GROUP
 from kakehashi.dev import node
 
 SERVICE = "digits"
 
 
-class Services:
-    def __init__(self, api: Any, namespace: str) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.namespace = namespace
-
-    def apply(self, spec: dict[str, Any]) -> None:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService", "metadata": {"name": SERVICE}, "spec": spec}
-        try:
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "modelservices", body)
-        except client.exceptions.ApiException as error:
-            if error.status != 409:
-                raise
-            self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, "modelservices", SERVICE,
-                                                       {"spec": spec})
-
-    def get(self) -> dict[str, Any]:
-        body: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "modelservices", SERVICE)
-        return body
-
-    def status(self) -> dict[str, Any]:
-        return dict(self.get().get("status") or {})
-
-    def wait(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
-        last: dict[str, Any] = {}
-
-        def check() -> Any:
-            nonlocal last
-            last = self.status()
-            return predicate(last) and last
-
-        try:
-            result: dict[str, Any] = wait_for(check, timeout, what)
-        except AssertionError as error:
-            raise AssertionError(f"{error}; status: {json.dumps(last, indent=1)[:3000]}") from None
-        return result
-
-
 def _predict(production: Any, namespace: str) -> dict[str, Any]:
-    """A prediction through the Service (the API server's service proxy reaches its pods)."""
     # A handwritten-looking "1": a vertical bar in the middle of the 8x8 grid.
     pixels = [[0.0] * 8 for _ in range(8)]
     for row in range(1, 7):
         pixels[row][3] = pixels[row][4] = 16.0
-    body = {"inputs": [{"name": "pixels", "shape": [1, 8, 8], "datatype": "FP32",
-                        "data": [v for row in pixels for v in row]}]}
-    path = f"/api/v1/namespaces/{namespace}/services/{SERVICE}:80/proxy/v2/models/{SERVICE}/infer"
-    response = production.call_api(path, "POST", body=body, header_params={"Content-Type": "application/json"},
-                                   auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30,
-                                   _return_http_data_only=True)
-    answer: dict[str, Any] = json.loads(response.data)
-    return answer
+    return predict(production, namespace, SERVICE, [{"name": "pixels", "shape": [1, 8, 8], "datatype": "FP32",
+                                                     "data": [v for row in pixels for v in row]}])
 
 
 @pytest.mark.timeout(1500)
@@ -79,13 +34,7 @@ def test_a_trained_model_is_baked_served_on_production_and_rolled_back(
 ) -> None:
     if not dev_env.real_nodes or "serving" not in dev_env.images:
         pytest.skip(f"needs the real nodes and the project's images: {dev_env.no_real_nodes_reason}")
-    core = client.CoreV1Api(learning)
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="kakehashi-s3"),
-        string_data={"AWS_ACCESS_KEY_ID": dev_env.s3.access_key, "AWS_SECRET_ACCESS_KEY": dev_env.s3.secret_key}))
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="production"),
-        string_data={"kubeconfig": dev_env.production.kubeconfig.read_text()}))
+    prepare_namespace(learning, namespace, dev_env)
     runs = Runs(learning, namespace)
     training = {
         "image": dev_env.images["training"],
@@ -101,20 +50,11 @@ def test_a_trained_model_is_baked_served_on_production_and_rolled_back(
     v1 = runs.wait_phase("digits-v1", "Succeeded", "Failed", timeout=600)
     assert v1["phase"] == "Succeeded", v1
     services = Services(learning, namespace)
-    spec = {
-        "model": {"trainingRun": "digits-v1"},
-        "servingImage": dev_env.images["serving"],
-        "registry": f"{dev_env.registry}/models/digits",
-        "replicas": 2,
-        "resources": {"cpu": "250m", "memory": "512Mi"},
-        "nodeSelector": node.SELECTOR,
-        "tolerations": [node.TOLERATION],
-        "delivery": {"mode": "direct", "direct": {"kubeconfigSecret": {"name": "production"},
-                                                  "namespace": production_namespace}},
-    }
+    spec = service_spec(dev_env, production_namespace, "models/digits", model={"trainingRun": "digits-v1"},
+                        replicas=2)
     started = time.monotonic()
-    services.apply(spec)
-    ready = services.wait(lambda s: s.get("phase") == "Ready" or s.get("phase") == "Failed", 900, "Ready")
+    services.apply(SERVICE, spec)
+    ready = services.wait(SERVICE, lambda s: s.get("phase") == "Ready" or s.get("phase") == "Failed", 900, "Ready")
     assert ready["phase"] == "Ready", ready
     print(f"v1: applied to Ready in {time.monotonic() - started:.1f} s")
     image_v1 = ready["image"]
@@ -133,16 +73,16 @@ def test_a_trained_model_is_baked_served_on_production_and_rolled_back(
     # A newer model: baked and rolled out; the history keeps both.
     v2 = runs.wait_phase("digits-v2", "Succeeded", "Failed", timeout=600)
     assert v2["phase"] == "Succeeded" and v2["model"]["digest"] != v1["model"]["digest"]
-    services.apply({**spec, "model": {"trainingRun": "digits-v2"}})
-    ready = services.wait(lambda s: s.get("phase") == "Ready" and s.get("image") != image_v1, 900, "v2 Ready")
+    services.apply(SERVICE, {**spec, "model": {"trainingRun": "digits-v2"}})
+    ready = services.wait(SERVICE, lambda s: s.get("phase") == "Ready" and s.get("image") != image_v1, 900, "v2 Ready")
     assert ready["servedDigests"] == [v2["model"]["digest"]] and [h["id"] for h in ready["history"]] == [1, 2]
     bakes = client.BatchV1Api(learning).list_namespaced_job(namespace, label_selector=f"{GROUP}/modelservice={SERVICE}")
     assert len(bakes.items) == 2
 
     # Roll back to entry 1: the old image again, no third bake, every ready pod serving v1.
     started = time.monotonic()
-    services.apply({**spec, "model": {"trainingRun": "digits-v2"}, "rollbackTo": "1"})
-    back = services.wait(lambda s: s.get("phase") == "Ready" and s.get("image") == image_v1, 300, "rolled back")
+    services.apply(SERVICE, {**spec, "model": {"trainingRun": "digits-v2"}, "rollbackTo": "1"})
+    back = services.wait(SERVICE, lambda s: s.get("phase") == "Ready" and s.get("image") == image_v1, 300, "rolled back")
     print(f"rollback: spec change to Ready in {time.monotonic() - started:.1f} s")
     assert back["servedDigests"] == [v1["model"]["digest"]]
     assert back["history"][-1]["rollback"] is True and back["history"][-1]["image"] == image_v1
@@ -150,6 +90,6 @@ def test_a_trained_model_is_baked_served_on_production_and_rolled_back(
         namespace, label_selector=f"{GROUP}/modelservice={SERVICE}").items) == 2
 
     # Deleting the service removes it from production.
-    services.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", SERVICE)
+    services.delete(SERVICE)
     wait_for(lambda: not client.AppsV1Api(production).list_namespaced_deployment(
         production_namespace, label_selector=f"{GROUP}/modelservice={SERVICE}").items, 60, "production cleaned up")

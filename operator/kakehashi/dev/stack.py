@@ -254,6 +254,16 @@ def _services(layout: Layout, binaries: dict[str, Path]) -> list[Service]:
     return services
 
 
+def shared_service(name: str) -> Service:
+    """One of the shared processes (`minio`, `registry`, `training-operator`) of the running
+    environment, to stop and start on its own: an outage on purpose, in tests."""
+    layout = Layout.load(create=False)
+    for service in _services(layout, _cached_binaries()):
+        if service.name == name:
+            return service
+    raise KeyError(f"no shared service {name!r} in the environment at {layout.root}")
+
+
 def _cached_binaries() -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for tool in tools.TOOLS:

@@ -28,7 +28,14 @@ from kakehashi.delivery.direct import Production
 from kakehashi.serving import bakejob, render
 from kakehashi.serving.gitops import GitOpsDelivery
 from kakehashi.serving.render import Release
-from kakehashi.serving.status import Observed, Problem, ResolvedModel, compute_status, status_patch
+from kakehashi.serving.status import (
+    Observed,
+    Problem,
+    ResolvedModel,
+    bake_failed_temporarily,
+    compute_status,
+    status_patch,
+)
 from kakehashi.settings import OperatorSettings
 
 T = TypeVar("T")
@@ -228,6 +235,14 @@ class ServiceReconciler(Controller):
             if outcome.model_digest != model.digest:
                 raise PermanentError(f"the bake Job reported model {outcome.model_digest}, expected {model.digest}")
             return Release(outcome.image, model.digest), job, pods
+        if bake_failed_temporarily(job, pods):
+            # The registry stayed away through the Job's own retries: no final answer about the
+            # model. The Job goes and the next look creates it again under the same name; the
+            # new one skips every blob the registry already has, so nothing is pushed twice.
+            if await self.io(self.kube.delete, JOBS, ms.namespace, name):
+                self.event(body, "Warning", "BakeRetrying",
+                           f"the registry {ms.spec.registry.partition('/')[0]} failed through every retry of "
+                           f"Job {name}: baking again")
         return None, job, pods
 
     async def _deliver(

@@ -107,35 +107,57 @@ def pod_problem(pod: Obj) -> Problem | None:
     return None
 
 
-def _bake_error(text: str) -> str:
-    """`kakehashi bake` reports failures as {"error": {"reason", "message"}}; else the log tail."""
+# `kakehashi bake` exits 3 when the registry failed through all its retries: trying later helps.
+BAKE_EXIT_TEMPORARY: Final = 3
+
+
+def _bake_error(text: str) -> tuple[str, bool | None]:
+    """`kakehashi bake` reports failures as {"error": {"reason", "message", "temporary"}}; else
+    the log tail. Returns the words and whether the failure was temporary (None: not said)."""
     try:
         error = json.loads(text).get("error") or {}
-        return f"{error['reason']}: {error['message']}"[-2000:]
+        return f"{error['reason']}: {error['message']}"[-2000:], error.get("temporary")
     except (ValueError, AttributeError, KeyError, TypeError):
-        return text.strip()[-2000:]
+        return text.strip()[-2000:], None
+
+
+def _last_bake_failure(pods: Sequence[Obj]) -> tuple[str, bool] | None:
+    """The newest failed bake container's words, and whether retrying later can help."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True):
+        for cstatus in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cstatus.get("state") or {}).get("terminated") or {}
+            code = terminated.get("exitCode")
+            if code:
+                words, temporary = _bake_error(terminated.get("message") or "")
+                return words or f"exit code {code}", bool(temporary) if temporary is not None \
+                    else code == BAKE_EXIT_TEMPORARY
+    return None
+
+
+def bake_failed_temporarily(job: Obj | None, pods: Sequence[Obj]) -> bool:
+    """The bake Job gave up, but only because the registry was away: bake again, not Failed."""
+    last = _last_bake_failure(pods)
+    return bool(true_condition(job, "Failed")) and last is not None and last[1]
 
 
 def bake_problem(job: Obj | None, pods: Sequence[Obj]) -> Problem | None:
     """Why the bake failed, or is failing and being retried (reason BakeRetrying)."""
     failed = true_condition(job, "Failed")
-    message = ""
     for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True):
-        for cstatus in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (cstatus.get("state") or {}).get("terminated") or {}
-            if terminated.get("exitCode"):
-                message = _bake_error(terminated.get("message") or "") or f"exit code {terminated['exitCode']}"
-                break
-        if message:
-            break
+        last = _last_bake_failure([pod])
+        if last is not None:
+            message, temporary = last
+            if failed and temporary:
+                return Problem("BakeRetrying", "the registry failed through every retry of the bake Job; "
+                               f"a new bake Job resumes the push: {message}")
+            if failed:
+                return Problem("BakeFailed", f"baking the image failed: {message}")
+            return Problem("BakeRetrying", f"baking failed and is retried: {message}")
         problem = pod_problem(pod)
         if problem is not None and not failed:
             return Problem(f"Bake{problem.reason}", problem.message)
     if failed:
-        why = message or failed.get("message") or failed.get("reason") or "failed"
-        return Problem("BakeFailed", f"baking the image failed: {why}")
-    if message:
-        return Problem("BakeRetrying", f"baking failed and is retried: {message}")
+        return Problem("BakeFailed", f"baking the image failed: {failed.get('message') or failed.get('reason') or 'failed'}")
     return None
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import corrupt_compiled_model
 
 # Run in a fresh interpreter where TensorFlow (and Keras) cannot be imported, as in the light
 # image: serve the model, answer v1 and v2, and report which TensorFlow modules got loaded.
@@ -73,6 +74,20 @@ def test_without_a_compiled_model_the_light_image_says_what_to_do(
     assert isinstance(health, dict)
     assert "kakehashi compile" in health["error"] and "full serving image" in health["error"]
     assert str(tmp_path) not in json.dumps(answers)
+
+
+def test_a_compiled_model_the_runtime_cannot_read_never_turns_ready(
+    tabular_model_dir: Path, tmp_path: Path
+) -> None:
+    # Its files match their recorded sha256, so every check before loading passes: only
+    # building the interpreters at load can catch it (they were built on first use before).
+    shutil.copytree(tabular_model_dir, tmp_path / "m")
+    corrupt_compiled_model(tmp_path / "m")
+    answers = run_light(tmp_path / "m")
+    ready, health = answers["ready"], answers["health"]
+    assert isinstance(ready, dict) and isinstance(health, dict)
+    assert ready["status"] != "ready", answers
+    assert "failed to load" in health["error"] and "ValueError" in health["error"], answers
 
 
 @pytest.mark.slow

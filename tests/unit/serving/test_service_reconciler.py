@@ -10,7 +10,7 @@ from typing import Any
 
 from kakehashi.control.client import Secret
 from kakehashi.control.controller import Key
-from kakehashi.control.resources import Resource
+from kakehashi.control.resources import JOBS, Resource
 from kakehashi.delivery.direct import ProductionState
 from kakehashi.serving import bakejob, render
 from kakehashi.serving.reconciler import FINALIZER, ServiceReconciler
@@ -54,6 +54,9 @@ class FakeKube:
 
     def read_secret(self, namespace: str, name: str) -> Secret | None:
         return self.secrets.get(name)
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> bool:
+        return self.objects.pop((resource.kind, namespace, name), None) is not None
 
 
 class FakeProduction:
@@ -285,6 +288,35 @@ def test_a_failed_bake_fails_the_service_with_the_log() -> None:
     assert status["phase"] == "Failed" and status["reason"] == "BakeFailed"
     assert "401 unauthorized" in status["message"]
     assert world.condition(status, "Baked")["status"] == "False"
+
+
+def test_a_registry_outage_longer_than_the_jobs_retries_bakes_again_instead_of_failing() -> None:
+    world = World()
+    world.reconcile()
+    job = world.kube.created[0]
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    world.jobs[KEY] = [job]
+    outage = json.dumps({"error": {"reason": "RegistryUnavailable", "temporary": True,
+                                   "message": "10.0.0.1:5000 unreachable after 5 attempts: ConnectError"}})
+    world.pods[KEY] = [{"metadata": {"name": "p", "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+                        "status": {"containerStatuses": [{"name": "bake", "state": {"terminated": {
+                            "exitCode": 3, "message": outage}}}]}}]
+    status = world.reconcile()
+    # Not a final fact: still Baking, the condition says why, the failed Job is gone.
+    assert (status["phase"], status["reason"]) == ("Baking", "BakeRetrying")
+    assert "RegistryUnavailable" in status["message"] and "unreachable" in status["message"]
+    assert world.condition(status, "Baked")["status"] == "False"
+    assert world.kube.get(JOBS, NS, job["metadata"]["name"]) is None
+    assert [e[1] for e in world.events].count("BakeRetrying") == 1
+    # The watch catches up: the Job is created again under the same name, and the service
+    # becomes Ready once it pushes.
+    world.jobs[KEY], world.pods[KEY] = [], []
+    world.reconcile()
+    assert [j["metadata"]["name"] for j in world.kube.created] == [job["metadata"]["name"]] * 2
+    world.finish_bake()
+    world.reconcile()
+    world.production.serve(DIGEST, 2)
+    assert world.reconcile()["phase"] == "Ready"
 
 
 def test_a_training_run_that_has_not_finished_is_waited_for() -> None:
