@@ -184,7 +184,9 @@ class ModelService:
 
         def done(obj: dict[str, Any]) -> bool:
             status = current(obj)
-            return status is not None and status.phase in (Phase.READY, Phase.FAILED)
+            # A GitOps service's rollout waits for a reviewer's `/deploy` on its pull request:
+            # the wait ends when the PR is open (or already merged), not at a timeout.
+            return status is not None and status.phase in (Phase.READY, Phase.FAILED, Phase.PROPOSED, Phase.DELIVERED)
 
         try:
             obj, finished = wait_for_object(self.connection.api, api.RESOURCE, self.namespace, self.name,

@@ -66,6 +66,13 @@ def test_degraded_raises_with_the_reason_when_the_time_is_up(versions: Any) -> N
         _deployed(1).wait(60, progress=False)
 
 
+def test_a_gitops_service_is_waited_for_until_its_pull_request_is_open(versions: Any) -> None:
+    versions([_service(1, 1, "Baking"), _service(1, 1, "Proposed", "AwaitingDeploy", "comment /deploy <env> on URL"),
+              _service(1, 1, "Delivered")])
+    service = _deployed(1).wait(60, progress=False)
+    assert service.status.phase == "Proposed" and service.status.reason == "AwaitingDeploy"
+
+
 def test_still_deploying_when_the_time_is_up_is_a_timeout(versions: Any) -> None:
     versions([_service(1, 1, "Deploying", "RollingOut", "1 of 2 pods ready")])
     with pytest.raises(WaitTimeout, match="still Deploying after 60 s: 1 of 2 pods ready"):
