@@ -339,6 +339,12 @@ class GitOpsPublisher:
             in_base=False, base_sha=base_sha, changed=changed or opened,
         )
 
+    def close(self, target: Target, number: int, token: str) -> None:
+        """Close the service's pull request (the service is gone: nobody may `/deploy` it now)."""
+        owner, name = target.repository.split("/", 1)
+        with client(token, base_url=self.api_url, timeout_s=self.timeout_s) as gh:
+            gh.rest.pulls.update(owner, name, number, state="closed")
+
     def _pull_request(self, target: Target, branch: str, title_: str, text: str, token: str) -> tuple[_Pull, bool]:
         """The open PR of `branch`, its title and body brought up to date; or a new one."""
         owner, name = target.repository.split("/", 1)

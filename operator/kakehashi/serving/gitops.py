@@ -70,12 +70,42 @@ class GitOpsDelivery:
         self.settings = settings
         self.publisher = publisher or publisher_from(settings)
 
+    def _target(self, ms: ModelService) -> Target:
+        spec = ms.spec.delivery.gitops
+        assert spec is not None
+        return Target(repository=spec.repository, base_branch=spec.base_branch, path=spec.path,
+                      clone_url=self.settings.gitops_clone_url.format(repository=spec.repository))
+
+    async def _token(self, io: Io, kube: Kube, ms: ModelService) -> str | None:
+        secret = await io(kube.read_secret, ms.namespace, self.settings.gitops_token_secret)
+        token = (secret.data if secret else {}).get(TOKEN_KEY)
+        return str(token) if token else None
+
+    async def withdraw(self, io: Io, kube: Kube, ms: ModelService) -> str | None:
+        """The service is being deleted: close its open pull request, so a later `/deploy`
+        cannot bring back what was deleted. What was merged stays: removing a running service
+        from the GitOps repository is a reviewed change of its own. Returns why it could not
+        (the finalizer lets go anyway: a PR left open is no reason to keep a deleted object)."""
+        pr = ms.status.pull_request
+        if pr is None or pr.state != "open" or ms.spec.delivery.gitops is None:
+            return None
+        token = await self._token(io, kube, ms)
+        if not token:
+            return f"Secret {self.settings.gitops_token_secret} is gone: close pull request #{pr.number} by hand"
+        try:
+            await io(self.publisher.close, self._target(ms), pr.number, token)
+        except Exception as error:
+            kind = classify_failure(error, token)
+            if isinstance(kind, PermanentError):
+                return f"pull request #{pr.number} was not closed: {kind}"
+            raise kind from None
+        return None
+
     async def deliver(self, io: Io, kube: Kube, ms: ModelService, release: Release, canary: Release | None,
                       model: ResolvedModel | None, rollback: bool, base: Observed) -> Observed:
         spec = ms.spec.delivery.gitops
         assert spec is not None
-        secret = await io(kube.read_secret, ms.namespace, self.settings.gitops_token_secret)
-        token = (secret.data if secret else {}).get(TOKEN_KEY)
+        token = await self._token(io, kube, ms)
         if not token:
             # The Secret may be created next: say so (its name only) and come back.
             return replace(base, delivery_problem=Problem(
@@ -85,10 +115,8 @@ class GitOpsDelivery:
             files = render_directory(render.render(ms, release, spec.namespace, canary), spec.namespace)
         except ValueError as error:
             return replace(base, delivery_problem=Problem("NotPinned", str(error)))
-        target = Target(repository=spec.repository, base_branch=spec.base_branch, path=spec.path,
-                        clone_url=self.settings.gitops_clone_url.format(repository=spec.repository))
         try:
-            published: Published = await io(self.publisher.publish, target, proposal(ms, release, canary, model, rollback),
+            published: Published = await io(self.publisher.publish, self._target(ms), proposal(ms, release, canary, model, rollback),
                                              files, token)
         except Exception as error:
             kind = classify_failure(error, token)

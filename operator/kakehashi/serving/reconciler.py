@@ -313,6 +313,10 @@ class ServiceReconciler(Controller):
         try:
             ms = ModelService.model_validate(body)
             direct = ms.spec.delivery.direct
+            if ms.spec.delivery.mode == "gitops":
+                why = await self.gitops.withdraw(self.io, self.kube, ms)
+                if why:
+                    self.event(body, "Warning", "PullRequestLeftOpen", why)
         except ValidationError:
             direct = None
         if direct is not None:

@@ -47,6 +47,7 @@ class FakeKube:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.created: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
+        self.patches: list[dict[str, Any]] = []
         self.secrets = {"kakehashi-gitops": Secret(data={"token": token})}
 
     def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
@@ -64,6 +65,7 @@ class FakeKube:
         return {"metadata": {"uid": "ms-uid", "resourceVersion": str(1000 + len(self.statuses))}, "status": patch["status"]}
 
     def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append(patch)
         return patch
 
     def read_secret(self, namespace: str, name: str) -> Secret | None:
@@ -227,6 +229,18 @@ def test_a_newer_model_updates_the_same_pull_request_then_its_merge_is_recorded(
     assert next(c for c in delivered["conditions"] if c["type"] == "Deployed")["status"] == "True"
     assert next(c for c in delivered["conditions"] if c["type"] == "Ready")["status"] == "Unknown"
     assert len(standin.state.pulls) == 1  # nothing new proposed for what already runs
+
+
+def test_deleting_the_service_closes_its_open_pull_request_then_lets_go(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    world = World(standin, origin, tmp_path)
+    number = world.bake(IMAGE, DIGEST)["pullRequest"]["number"]
+    body = world.services[KEY][0]
+    world.services[KEY] = [{**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-11-27T00:00:00Z"}}]
+    asyncio.run(world.rec.reconcile(KEY))
+    assert standin.state.pulls[number].state == "closed"  # nobody can /deploy a deleted service
+    assert world.kube.patches[-1] == {"metadata": {"finalizers": []}}
 
 
 def test_the_token_never_reaches_a_log_an_event_or_the_status(
