@@ -170,7 +170,7 @@ class StandIn:
         if key == ("get", "/repos/{owner}/{repo}/pulls"):
             wanted_state = query.get("state", "open")
             head = query.get("head")
-            found = [pr for number, pr in sorted(state.pulls.items())
+            found = [pr for number, pr in sorted(state.pulls.items(), reverse=query.get("direction") == "desc")
                      if wanted_state in ("all", pr.state)
                      and (head is None or head == f"{(pr.head_repository or state.full_name).split('/')[0]}:{pr.head_ref}")
                      and query.get("base", pr.base_ref) == pr.base_ref]
@@ -294,7 +294,7 @@ class StandIn:
         answer: dict[str, Any] = self.spec.example(operation, 200)[0]
         answer["requested_teams"] = []
         answer |= {"number": pr.number, "state": pr.state, "title": pr.title, "body": pr.body, "draft": False,
-                   "merge_commit_sha": pr.merge_commit_sha,
+                   "merge_commit_sha": pr.merge_commit_sha, "merged_at": "2026-11-27T00:00:00Z" if pr.merged else None,
                    "html_url": f"https://github.com/{state.full_name}/pull/{pr.number}"}
         answer["user"]["login"] = pr.author
         head_repo = pr.head_repository or state.full_name

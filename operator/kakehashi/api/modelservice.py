@@ -255,8 +255,8 @@ class PullRequestRef(_Model):
     number: int
     url: str
     head_sha: str = Field(alias="headSha", description="The commit it proposes now.")
-    state: Literal["open", "merged"] = Field(
-        default="open", description="merged: the base branch holds what it proposed."
+    state: Literal["open", "closed", "merged"] = Field(
+        default="open", description="closed: declined (closed unmerged); merged: the base branch holds what it proposed."
     )
     image: str | None = Field(default=None, description="repository@sha256:... it proposes.")
 

@@ -189,7 +189,9 @@ class PullRequestRef:
     number: int
     url: str
     head_sha: str
-    state: Literal["open", "merged"] = "open"
+    # closed: a reviewer closed it unmerged with exactly this proposal at its head (declined);
+    # it is not reopened nor proposed again until the proposal changes.
+    state: Literal["open", "closed"] = "open"
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,9 @@ class _Pull(_Answer):
     number: int
     html_url: str
     title: str
+    state: str = "open"
     body: str | None = None
+    merged_at: str | None = None
     head: _Head
 
 
@@ -333,9 +337,10 @@ class GitOpsPublisher:
                       target.clone_url, f"{commit}:refs/heads/{branch}")
             head, changed = commit, True
         text = body(proposal, directory, target.base_branch, diff(directory, current, files))
-        pull, opened = self._pull_request(target, branch, title(proposal), text, token)
+        pull, opened = self._pull_request(target, branch, title(proposal), text, token, head)
         return Published(
-            pull_request=PullRequestRef(number=pull.number, url=pull.html_url, head_sha=head),
+            pull_request=PullRequestRef(number=pull.number, url=pull.html_url, head_sha=head,
+                                        state="open" if pull.state == "open" else "closed"),
             in_base=False, base_sha=base_sha, changed=changed or opened,
         )
 
@@ -345,18 +350,24 @@ class GitOpsPublisher:
         with client(token, base_url=self.api_url, timeout_s=self.timeout_s) as gh:
             gh.rest.pulls.update(owner, name, number, state="closed")
 
-    def _pull_request(self, target: Target, branch: str, title_: str, text: str, token: str) -> tuple[_Pull, bool]:
-        """The open PR of `branch`, its title and body brought up to date; or a new one."""
+    def _pull_request(self, target: Target, branch: str, title_: str, text: str, token: str,
+                      head: str) -> tuple[_Pull, bool]:
+        """The open PR of `branch`, its title and body brought up to date; the PR a reviewer
+        closed unmerged at this very head (declined: not reopened); or a new one."""
         owner, name = target.repository.split("/", 1)
         with client(token, base_url=self.api_url, timeout_s=self.timeout_s) as gh:
-            answer = gh.rest.pulls.list(owner, name, state="open", head=f"{owner}:{branch}",
-                                        base=target.base_branch, per_page=10)
+            answer = gh.rest.pulls.list(owner, name, state="all", head=f"{owner}:{branch}",
+                                        base=target.base_branch, sort="created", direction="desc", per_page=30)
             found = _PULLS.validate_json(answer.content)
-            if found:
-                pull = min(found, key=lambda p: p.number)  # the first one, should two exist
+            open_ = [p for p in found if p.state == "open"]
+            if open_:
+                pull = min(open_, key=lambda p: p.number)  # the first one, should two exist
                 if pull.title != title_ or (pull.body or "") != text:
                     gh.rest.pulls.update(owner, name, pull.number, title=title_, body=text)
                 return pull, False
+            declined = [p for p in found if p.state == "closed" and p.merged_at is None and p.head.sha == head]
+            if declined:
+                return max(declined, key=lambda p: p.number), False
             created = gh.rest.pulls.create(owner, name, title=title_, head=branch, base=target.base_branch,
                                            body=text, maintainer_can_modify=False)
             return _Pull.model_validate_json(created.content), True

@@ -129,5 +129,5 @@ class GitOpsDelivery:
             pr = PullRequestRef(number=number, url=url, headSha=published.base_sha, state="merged", image=release.image)
         else:
             ref = published.pull_request
-            pr = PullRequestRef(number=ref.number, url=ref.url, headSha=ref.head_sha, state="open", image=release.image)
+            pr = PullRequestRef(number=ref.number, url=ref.url, headSha=ref.head_sha, state=ref.state, image=release.image)
         return replace(base, pull_request=pr)

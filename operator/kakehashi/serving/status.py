@@ -177,6 +177,12 @@ def verdict(observed: Observed) -> Verdict:
     if observed.delivery_problem is not None:
         return Verdict(Phase.DEGRADED, observed.delivery_problem.reason, observed.delivery_problem.message)
     pr = observed.pull_request
+    if pr is not None and pr.state == "closed":
+        # Declined by a reviewer: a fact about this proposal, not retried; a newer model or a
+        # rollbackTo proposes again, and reopening the PR is seen at the next resync.
+        return Verdict(Phase.FAILED, "PullRequestClosed", f"pull request #{pr.number} proposing "
+                       f"{observed.release.image} was closed without merging ({pr.url}): change the "
+                       "spec to propose another deploy, or reopen it")
     if pr is not None and pr.state == "open":
         return Verdict(Phase.PROPOSED, "AwaitingDeploy", f"pull request #{pr.number} proposes "
                        f"{observed.release.image}: comment /deploy <env> on {pr.url}")
@@ -241,7 +247,7 @@ def compute_status(ms: ModelService, observed: Observed, *, now: datetime | None
         ConditionType.DEPLOYED, "True", "Merged", observed.release.image if observed.release else "",
     ) if merged else cond(
         ConditionType.DEPLOYED, "False", result.reason, result.message,
-    ) if result.phase == Phase.PROPOSED else cond(
+    ) if result.phase == Phase.PROPOSED or result.reason == "PullRequestClosed" else cond(
         ConditionType.DEPLOYED,
         "True" if observed.applied else "False",
         "Applied" if observed.applied else (observed.delivery_problem.reason if observed.delivery_problem else "NotApplied"),

@@ -231,6 +231,27 @@ def test_a_newer_model_updates_the_same_pull_request_then_its_merge_is_recorded(
     assert len(standin.state.pulls) == 1  # nothing new proposed for what already runs
 
 
+def test_a_pull_request_a_reviewer_closed_is_not_reopened_until_a_newer_model_is_proposed(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    world = World(standin, origin, tmp_path)
+    first = world.bake(IMAGE, DIGEST)["pullRequest"]
+    answer = httpx.patch(f"{standin.url}/repos/{OWNER}/{REPO}/pulls/{first['number']}",
+                         headers={"Authorization": f"Bearer {TOKEN}"}, json={"state": "closed"})
+    assert answer.status_code == 200, answer.text
+
+    declined = world.reconcile()
+    assert declined["phase"] == "Failed" and declined["reason"] == "PullRequestClosed"
+    assert first["url"] in declined["message"] and declined["pullRequest"]["state"] == "closed"
+    world.reconcile()
+    assert len(standin.state.pulls) == 1  # declined stays declined: no PR reopened behind the reviewer
+
+    world.serve_model("digits-2")
+    status = world.bake(IMAGE2, DIGEST2)
+    assert status["phase"] == "Proposed" and status["pullRequest"]["number"] == first["number"] + 1
+    assert [pr.state for pr in standin.state.pulls.values()] == ["closed", "open"]
+
+
 def test_deleting_the_service_closes_its_open_pull_request_then_lets_go(
     standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
 ) -> None:
