@@ -37,6 +37,10 @@ PINNED: Final = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 # GitHub refuses a body over 65536 characters; the diff is cut well before, and says so.
 MAX_DIFF_CHARS: Final = 50_000
 MARKER: Final = "<!-- kakehashi:modelservice {namespace}/{name} -->"
+# First line of kustomization.yaml: which ModelService the directory belongs to, so a service of
+# the same name in another namespace cannot overwrite it through its own pull request.
+OWNER_LINE: Final = "# kakehashi: ModelService {owner}; its next proposal replaces edits made here\n"
+_OWNER: Final = re.compile(r"^# kakehashi: ModelService (\S+?);")
 
 
 # ---- the pure half ------------------------------------------------------------------------------
@@ -78,7 +82,13 @@ def _dump(obj: Any) -> str:
     return yaml.dump(obj, Dumper=_NoAliases, sort_keys=True, default_flow_style=False, width=4096, allow_unicode=True)
 
 
-def render_directory(objects: list[dict[str, Any]], namespace: str) -> dict[str, str]:
+def owner_of(files: Mapping[str, str]) -> str | None:
+    """namespace/name of the ModelService a directory was proposed by; None if hand-written."""
+    found = _OWNER.match(files.get(KUSTOMIZATION, ""))
+    return found.group(1) if found else None
+
+
+def render_directory(objects: list[dict[str, Any]], namespace: str, owner: str | None = None) -> dict[str, str]:
     """The service's kustomize directory: file name -> text. Refuses an image not pinned by
     digest: a tag can move under a merged PR, a digest cannot."""
     files: dict[str, str] = {}
@@ -96,7 +106,7 @@ def render_directory(objects: list[dict[str, Any]], namespace: str) -> dict[str,
         "namespace": namespace,
         "resources": sorted(files),
     }
-    files[KUSTOMIZATION] = _dump(kustomization)
+    files[KUSTOMIZATION] = (OWNER_LINE.format(owner=owner) if owner else "") + _dump(kustomization)
     return dict(sorted(files.items()))
 
 
@@ -317,6 +327,11 @@ class GitOpsPublisher:
         repo = self._repository(target, env)
         directory = target.directory(proposal.service)
         base_sha, current = self.read(target, proposal.service, token)
+        owner, me = owner_of(current), f"{proposal.namespace}/{proposal.service}"
+        if owner is not None and owner != me:
+            raise PermanentError(f"{directory}/ on {target.base_branch} belongs to ModelService {owner}: "
+                                 "rename this service or give it another delivery.gitops.path",
+                                 reason="DirectoryTaken")
         if dict(current) == dict(files):
             return Published(pull_request=None, in_base=True, base_sha=base_sha)
         branch = proposal.branch
@@ -377,6 +392,8 @@ def classify_failure(error: BaseException, token: str | None) -> TemporaryError 
     """GitHub's refusals (401/403/404/422) are facts for the status; a 5xx, a 429, a timeout
     or a failed git call (network, a push that lost a race) are tried again. Messages carry
     no secret: the token is scrubbed should a server ever echo it."""
+    if isinstance(error, (TemporaryError, PermanentError)):
+        return error
     message = str(error)
     if isinstance(error, RequestFailed):
         status = error.response.status_code

@@ -112,7 +112,8 @@ class GitOpsDelivery:
                 "GitOpsTokenMissing", f"Secret {self.settings.gitops_token_secret} with key {TOKEN_KEY} "
                 "(a token that may push to and open pull requests in the GitOps repository) does not exist"))
         try:
-            files = render_directory(render.render(ms, release, spec.namespace, canary), spec.namespace)
+            files = render_directory(render.render(ms, release, spec.namespace, canary), spec.namespace,
+                                     owner=f"{ms.namespace}/{ms.name}")
         except ValueError as error:
             return replace(base, delivery_problem=Problem("NotPinned", str(error)))
         try:

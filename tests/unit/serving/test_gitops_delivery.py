@@ -180,6 +180,7 @@ def test_a_baked_model_is_proposed_as_one_pull_request_and_the_service_awaits_de
     assert status["history"] == []  # nothing was deployed yet
 
     # The branch holds the kustomize directory, image pinned by digest, on top of main.
+    assert world.branch_file("kustomization.yaml").startswith(f"# kakehashi: ModelService {NS}/{NAME};")
     kustomization = yaml.safe_load(world.branch_file("kustomization.yaml"))
     assert kustomization["namespace"] == "prod" and "deployment-digits.yaml" in kustomization["resources"]
     assert f"image: {IMAGE}" in world.branch_file("deployment-digits.yaml")
@@ -250,6 +251,22 @@ def test_a_pull_request_a_reviewer_closed_is_not_reopened_until_a_newer_model_is
     status = world.bake(IMAGE2, DIGEST2)
     assert status["phase"] == "Proposed" and status["pullRequest"]["number"] == first["number"] + 1
     assert [pr.state for pr in standin.state.pulls.values()] == ["closed", "open"]
+
+
+def test_a_directory_another_namespaces_service_of_the_same_name_owns_is_never_overwritten(
+    tmp_path: Path,
+) -> None:
+    theirs = "# kakehashi: ModelService other-team/digits; its next proposal replaces edits made here\nresources: []\n"
+    origin = GitOpsRepo.create(tmp_path / "git", {"production/digits/kustomization.yaml": theirs})
+    standin = StandIn(GitHubState(owner=OWNER, repo=REPO, token=TOKEN, git_dir=origin.origin)).start()
+    try:
+        world = World(standin, origin, tmp_path)
+        status = world.bake(IMAGE, DIGEST)
+        assert status["phase"] == "Degraded" and status["reason"] == "DirectoryTaken"
+        assert "other-team/digits" in status["message"] and standin.state.pulls == {}
+        assert standin.state.violations == []
+    finally:
+        standin.stop()
 
 
 def test_deleting_the_service_closes_its_open_pull_request_then_lets_go(
