@@ -147,6 +147,9 @@ def test_every_kustomization_builds(dev_env: Any) -> None:
                      ("Deployment", "kakehashi-operator"), ("ServiceAccount", SERVICE_ACCOUNT),
                      ("ClusterRole", "kakehashi-operator"), ("ClusterRoleBinding", "kakehashi-operator")]:
         assert expected in kinds
+    monitoring = _build(dev_env, "manifests/monitoring")
+    assert {d["kind"] for d in monitoring} == {"PodMonitor", "PrometheusRule"}
+    assert all(d["metadata"]["namespace"] == NAMESPACE for d in monitoring)
     serving = _find(production, "Namespace", "kakehashi-serving")
     assert serving["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
