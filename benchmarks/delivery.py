@@ -27,7 +27,7 @@ from kakehashi import GROUP, VERSION
 from kakehashi.control.client import api_client
 from kakehashi.dev import node, stack
 from kakehashi.dev.environment import DevEnvironment
-from kakehashi.dev.operator import LocalOperator, install_crds
+from kakehashi.dev.operator import LocalOperator, create_team_secrets, install_crds, local_settings
 
 RESULTS = Path(__file__).parent / "results" / "delivery.json"
 
@@ -60,15 +60,8 @@ def main() -> None:
     ns, prod_ns = f"bench-delivery-{suffix}", f"bench-serving-{suffix}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     client.CoreV1Api(production).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=prod_ns)))
-    core.create_namespaced_secret(ns, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="kakehashi-s3"),
-        string_data={"AWS_ACCESS_KEY_ID": env.s3.access_key, "AWS_SECRET_ACCESS_KEY": env.s3.secret_key}))
-    core.create_namespaced_secret(ns, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="production"),
-        string_data={"kubeconfig": env.production.kubeconfig.read_text()}))
-    operator = LocalOperator(env, Path(f"/tmp/kakehashi-bench-delivery-{suffix}.log"), extra_env={
-        "KAKEHASHI_BAKE_IMAGE": env.images["training"], "KAKEHASHI_BAKE_NODE_SELECTOR": "kakehashi.dev/node=real",
-        "KAKEHASHI_REGISTRY_INSECURE": "true"})
+    create_team_secrets(env, ns)
+    operator = LocalOperator(env, Path(f"/tmp/kakehashi-bench-delivery-{suffix}.log"), extra_env=local_settings(env))
     operator.start()
     deploys: list[float] = []
     rollbacks: list[float] = []

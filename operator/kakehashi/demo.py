@@ -138,80 +138,115 @@ def _check_s3_and_registry(env: DevEnvironment) -> None:
     _say(f"Registry {env.registry}: pushed demo/empty@{digest[:19]}…")
 
 
-def _train(env: DevEnvironment) -> None:
-    import json
+# Two models, so the demo can show a rollback: the same code, other hyperparameters.
+MODELS = {"digits-v1": {"epochs": 30, "seed": 1}, "digits-v2": {"epochs": 40, "seed": 2}}
+SERVICE = "digits"
 
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
 
-    from kakehashi import GROUP, VERSION
+def _a_digit() -> tuple[Any, int]:
+    """One handwritten digit from scikit-learn's bundled data set (8x8, values 0-16)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    index = len(digits.images) - 7  # one the models may or may not have trained on: any will do
+    return np.asarray(digits.images[index:index + 1], dtype=np.float32), int(digits.target[index])
+
+
+def _main_job(env: DevEnvironment, start_operator: bool) -> None:
+    """Train two models on the learning cluster's real node, bake the first into the serving
+    image, serve it on the production cluster's real node, predict, roll out the second, roll
+    back to the first: the platform's job, through the notebook SDK a data scientist uses."""
+    import numpy as np
+
+    from kakehashi.api.modelservice import RESOURCE as MODELSERVICES
     from kakehashi.dev import node
-    from kakehashi.dev.operator import LocalOperator, install_crds
+    from kakehashi.dev.operator import (
+        LocalOperator,
+        create_team_secrets,
+        install_crds,
+        local_settings,
+    )
+    from kakehashi.sdk import Connection, ModelService, TrainingRun
 
-    if not env.real_nodes:
-        _say(f"No real node here ({env.no_real_nodes_reason}): skipping the training run")
+    if not env.real_nodes or "serving" not in env.images:
+        _say(f"No real nodes or serving image here ({env.no_real_nodes_reason}): skipping the main job")
         return
-    api = _api(env, "learning")
-    _ensure_namespace(api)
+    _ensure_namespace(_api(env, "learning"))
+    _ensure_namespace(_api(env, "production"))
     install_crds(env)
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    create_team_secrets(env, DEMO_NAMESPACE)
+    operator = None
+    if start_operator:
+        log = env.bin_dir.parent / "demo-operator.log"
+        operator = LocalOperator(env, log, extra_env=local_settings(env))
+        operator.start()
+        _say(f"Operator running (log {log}, metrics {operator.metrics_url})")
+    connection = Connection.from_environment(env.learning.kubeconfig, namespace=DEMO_NAMESPACE)
     try:
-        core.create_namespaced_secret(DEMO_NAMESPACE, {
-            "metadata": {"name": "kakehashi-s3"},
-            "stringData": {"AWS_ACCESS_KEY_ID": env.s3.access_key, "AWS_SECRET_ACCESS_KEY": env.s3.secret_key},
-        })
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-    log = env.bin_dir.parent / "demo-operator.log"
-    operator = LocalOperator(env, log)
-    operator.start()
-    _say(f"Operator running (log {log}, metrics {operator.metrics_url})")
-    try:
-        name = f"digits-{uuid.uuid4().hex[:6]}"
-        custom.create_namespaced_custom_object(GROUP, VERSION, DEMO_NAMESPACE, "trainingruns", {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": name},
-            "spec": {
+        # A fresh service each time, so every step shows; its finalizer empties production.
+        if connection.kube.delete(MODELSERVICES, DEMO_NAMESPACE, SERVICE):
+            _wait(lambda: connection.kube.get(MODELSERVICES, DEMO_NAMESPACE, SERVICE) is None,
+                  f"the previous ModelService {SERVICE} to go", timeout=120)
+        runs = [
+            TrainingRun(
+                name, connection=connection,
                 # The project's training image, built from notebook-images/jupyter/Dockerfile.
-                "image": env.images["training"],
-                "command": ["python", "/opt/kakehashi/examples/digits/train.py"],
-                "hyperparameters": {"epochs": 30, "learning_rate": 0.005},
-                "gate": {"metric": "accuracy", "threshold": 0.85},
-                "env": [{"name": "AWS_REGION", "value": env.s3.region}],
-                "resources": {"cpu": 1, "memory": "2Gi"},
-                "nodeSelector": node.SELECTOR,
-                "tolerations": [node.TOLERATION],
-            },
-        })
+                image=env.images["training"], command=["python", "/opt/kakehashi/examples/digits/train.py"],
+                hyperparameters={**hyper, "learning_rate": 0.005}, gate=("accuracy", 0.85),
+                env={"AWS_REGION": env.s3.region}, cpu=1, memory="2Gi",
+                node_selector=node.SELECTOR, tolerations=[node.TOLERATION],
+            ).submit()  # the same spec again (a second demo) attaches to the finished run
+            for name, hyper in MODELS.items()
+        ]
+        for run in runs:
+            started = time.monotonic()
+            run.wait(timeout=900, progress=False)
+            _say(f"TrainingRun {run.name}: {run.phase} in {time.monotonic() - started:.1f}s on learning-real; "
+                 f"metrics {run.metrics}; Promotable={run.promotable}; model {run.model.digest[:19]}…"
+                 if run.model else f"TrainingRun {run.name}: {run.phase} without a model")
+        first, second = runs
+        options = {"registry": f"{env.registry}/models/{SERVICE}", "production_namespace": DEMO_NAMESPACE,
+                   "serving_image": env.images["serving"], "cpu": "250m", "memory": "512Mi",
+                   "node_selector": node.SELECTOR, "tolerations": [node.TOLERATION],
+                   "timeout": 900, "progress": False}
+        pixels, label = _a_digit()
 
-        def run_status() -> dict[str, Any]:
-            run = custom.get_namespaced_custom_object(GROUP, VERSION, DEMO_NAMESPACE, "trainingruns", name)
-            return dict(run.get("status") or {})
+        def serve(run: TrainingRun) -> None:
+            started = time.monotonic()
+            predictor = run.deploy(SERVICE, **options)
+            status = ModelService(SERVICE, connection=connection).status
+            _say(f"ModelService {SERVICE}: Ready in {time.monotonic() - started:.1f}s (baked and delivered); "
+                 f"image {status.image}")
+            probabilities = np.asarray(predictor.predict(pixels))
+            _say(f"  prediction through the Service: a handwritten {label} -> {int(probabilities.argmax())} "
+                 f"(p={float(probabilities.max()):.2f}), served by model {predictor.metadata()['versions'][0][:19]}…")
 
-        took = _wait(lambda: run_status().get("phase") == "Running", f"TrainingRun {name} to run", timeout=600)
-        _say(f"TrainingRun {name}: Running on the real node in {took:.1f}s (image pulled); training (real TensorFlow)...")
-        _wait(lambda: run_status().get("phase") in ("Succeeded", "Failed"), f"TrainingRun {name} to finish",
-              timeout=600)
-        status = run_status()
-        if status["phase"] != "Succeeded":
-            raise click.ClickException(f"TrainingRun {name} {status['phase']}: {status.get('message')}")
-        model = status["model"]
-        promotable = next(c for c in status["conditions"] if c["type"] == "Promotable")
-        _say(f"TrainingRun {name}: Succeeded; model {model['uri']} {model['digest'][:19]}…")
-        _say(f"  metrics {json.dumps(model['metrics'])}; Promotable={promotable['status']} ({promotable['message']})")
+        serve(first)
+        serve(second)
+        started = time.monotonic()
+        rolled = ModelService(SERVICE, connection=connection).rollback().wait(timeout=300, progress=False)
+        _say(f"Rolled back in {time.monotonic() - started:.1f}s, no bake: served digest "
+             f"{second.model.digest[:19] if second.model else '?'}… -> {rolled.status.served_digests[0][:19]}…"
+             f" (history {[h.id for h in rolled.status.history]})")
     finally:
-        operator.stop()
+        if operator is not None:
+            operator.stop()
 
 
 @click.command("demo")
-def demo() -> None:
-    """Bring up the local clusters and run the platform's main job on them."""
+@click.option("--operator/--no-operator", "start_operator", default=True, show_default=True,
+              help="Run the operator as a local process for the demo; --no-operator uses the one "
+                   "already running against the learning cluster.")
+def demo(start_operator: bool) -> None:
+    """Bring up the local clusters and run the platform's main job on them: train two models,
+    bake and serve the first, predict, roll out the second, roll back."""
     started = time.monotonic()
     env = stack.up(progress=_say)
     _check_nodes(env)
     _run_job(env)
     _run_deployment(env)
     _check_s3_and_registry(env)
-    _train(env)
+    _main_job(env, start_operator)
     click.echo(f"Demo finished in {time.monotonic() - started:.1f}s. Environment left running:"
                " `kakehashi dev status`, `eval \"$(kakehashi dev env)\"`, `kakehashi dev down`.")

@@ -12,6 +12,7 @@ from trainingruns import wait_for
 
 from kakehashi import GROUP, VERSION
 from kakehashi.dev import node
+from kakehashi.dev.operator import create_team_secrets
 from kakehashi.modelformat import ModelArtifact
 from kakehashi.modelformat.compiled import source_digest
 
@@ -64,13 +65,7 @@ class Services:
 
 def prepare_namespace(learning: Any, namespace: str, dev_env: Any) -> None:
     """The Secrets a team creates once: S3 credentials for bake Jobs, the production kubeconfig."""
-    core = client.CoreV1Api(learning)
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="kakehashi-s3"),
-        string_data={"AWS_ACCESS_KEY_ID": dev_env.s3.access_key, "AWS_SECRET_ACCESS_KEY": dev_env.s3.secret_key}))
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="production"),
-        string_data={"kubeconfig": dev_env.production.kubeconfig.read_text()}))
+    create_team_secrets(dev_env, namespace)
 
 
 def service_spec(dev_env: Any, production_namespace: str, repository: str, **extra: Any) -> dict[str, Any]:

@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from kubernetes import client
+from modelservices import prepare_namespace, upload_model
+from tiny_models import compiled_tiny_model
 
 from kakehashi.cli import main
 from kakehashi.dev import node
-from kakehashi.modelformat import ModelArtifact
 from kakehashi.sdk import (
     Connection,
     ModelService,
@@ -31,7 +32,6 @@ from kakehashi.sdk import (
 from kakehashi.sdk.predictor import Predictor
 
 FAST = {"kwok.kakehashi.dev/run-duration": "1s"}
-FEATURES = "features"
 
 
 @pytest.fixture
@@ -154,46 +154,16 @@ def test_logs_of_a_real_run_and_following_them_while_it_trains(connection: Conne
 
 # -- on the real nodes: deploy a tiny model and predict ------------------------------------------
 
-def _scorer(directory: Path, weights: tuple[float, float, float]) -> None:
-    """A compiled `features @ weights` model, as `kakehashi compile` leaves it (the bake then
-    needs no TensorFlow)."""
-    import tensorflow as tf
-
-    from kakehashi.compile import compile_model
-
-    class Scorer(tf.Module):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.weights = tf.Variable([[w] for w in weights])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name=FEATURES)])
-        def score(self, features: Any) -> Any:
-            return {"score": tf.matmul(features, self.weights)}
-
-    module = Scorer()
-    tf.saved_model.save(module, str(directory / "savedmodel"), signatures={"serving_default": module.score})
-    (directory / "labels.json").write_text("[]")
-    compile_model(directory)
-
-
 @pytest.fixture
 def models(s3: Any, dev_env: Any, namespace: str, tmp_path: Path) -> Any:
     """model(weights) -> (uri, digest) of a tiny compiled model put in S3 (model.json last)."""
-    from kakehashi.modelformat.compiled import source_digest
 
     def make(weights: tuple[float, float, float]) -> tuple[str, str]:
         directory = tmp_path / uuid.uuid4().hex[:8]
         directory.mkdir()
-        _scorer(directory, weights)
-        digest = source_digest(directory)
-        prefix = f"{namespace}/{directory.name}"
-        uri = f"s3://{dev_env.s3.model_bucket}/{prefix}/"
-        (directory / "model.json").write_text(ModelArtifact.model_validate(
-            {"uri": uri, "digest": digest, "createdAt": "2026-11-26T10:00:00Z"}).model_dump_json(by_alias=True))
-        files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "model.json")
-        for path in [*files, directory / "model.json"]:
-            s3.upload_file(str(path), dev_env.s3.model_bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
-        return uri, digest
+        compiled_tiny_model(directory, weights)
+        model = upload_model(s3, dev_env.s3.model_bucket, f"{namespace}/{directory.name}", directory, {})
+        return model["uri"], model["digest"]
 
     return make
 
@@ -201,13 +171,7 @@ def models(s3: Any, dev_env: Any, namespace: str, tmp_path: Path) -> Any:
 @pytest.fixture
 def team_secrets(learning: Any, namespace: str, dev_env: Any) -> None:
     """What a team creates once: S3 keys for bake Jobs, the production kubeconfig for delivery."""
-    core = client.CoreV1Api(learning)
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="kakehashi-s3"),
-        string_data={"AWS_ACCESS_KEY_ID": dev_env.s3.access_key, "AWS_SECRET_ACCESS_KEY": dev_env.s3.secret_key}))
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="production"),
-        string_data={"kubeconfig": dev_env.production.kubeconfig.read_text()}))
+    prepare_namespace(learning, namespace, dev_env)
 
 
 @pytest.fixture

@@ -35,6 +35,37 @@ def install_crds(env: DevEnvironment, cluster: str = "learning") -> None:
     wait_crd_established(api_client(env.cluster(cluster).kubeconfig), "trainingruns.kakehashi.dev")
 
 
+def local_settings(env: DevEnvironment) -> dict[str, str]:
+    """The operator settings this environment needs beyond the defaults (for the tests, the
+    benchmarks and the demo alike): bake Jobs run in the project's training image on the real
+    node and push to the local registry, which speaks plain HTTP on the bridge address."""
+    settings = {"KAKEHASHI_REGISTRY_INSECURE": "true"}
+    if env.real_nodes and "training" in env.images:
+        settings["KAKEHASHI_BAKE_IMAGE"] = env.images["training"]
+        settings["KAKEHASHI_BAKE_NODE_SELECTOR"] = "kakehashi.dev/node=real"
+    return settings
+
+
+def create_team_secrets(env: DevEnvironment, namespace: str) -> None:
+    """What a team creates once in its learning namespace: the S3 keys bake Jobs read
+    (`kakehashi-s3`) and the production cluster's kubeconfig for direct delivery
+    (`production`). Existing ones are left as they are."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(api_client(env.learning.kubeconfig))
+    for name, data in (
+        ("kakehashi-s3", {"AWS_ACCESS_KEY_ID": env.s3.access_key, "AWS_SECRET_ACCESS_KEY": env.s3.secret_key}),
+        ("production", {"kubeconfig": env.production.kubeconfig.read_text()}),
+    ):
+        try:
+            core.create_namespaced_secret(namespace, client.V1Secret(
+                metadata=client.V1ObjectMeta(name=name), string_data=data))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+
 class LocalOperator:
     """`kakehashi operator run` as a child process, with its log in a file."""
 

@@ -281,13 +281,16 @@ class ServiceReconciler(Controller):
                 raise TemporaryError(f"applying to production: {kind or error}") from error
             self._applied[key] = fingerprint
         state = await self.io(production.read, direct.namespace, ms.name)
-        return replace(
-            base, applied=True, deployment=state.deployments.get(ms.name),
-            pods=[p for p in state.pods if (p["metadata"].get("labels") or {}).get(render.LABEL_TRACK) == "stable"],
-            served={pod: digest for pod, digest in state.served.items()
-                    if any(p["metadata"]["name"] == pod and (p["metadata"].get("labels") or {}).get(render.LABEL_TRACK) == "stable"
-                           for p in state.pods)},
-        )
+
+        def track(name: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+            pods = [p for p in state.pods if (p["metadata"].get("labels") or {}).get(render.LABEL_TRACK) == name]
+            names = {p["metadata"]["name"] for p in pods}
+            return pods, {pod: digest for pod, digest in state.served.items() if pod in names}
+
+        pods, served = track("stable")
+        canary_pods, canary_served = track("canary") if canary is not None else ([], {})
+        return replace(base, applied=True, deployment=state.deployments.get(ms.name), pods=pods, served=served,
+                       canary=canary, canary_pods=canary_pods, canary_served=canary_served)
 
     async def _conclude(self, key: Key, body: dict[str, Any], ms: ModelService, observed: Observed) -> ModelServiceStatus:
         previous = ms.status

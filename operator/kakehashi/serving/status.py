@@ -68,6 +68,10 @@ class Observed:
     deployment: Obj | None = None
     pods: Sequence[Obj] = ()
     served: Mapping[str, str] = field(default_factory=dict)  # ready pod -> digest it reports
+    # The canary track, apart: its one pod must serve the canary's digest too before Ready.
+    canary: Release | None = None
+    canary_pods: Sequence[Obj] = ()
+    canary_served: Mapping[str, str] = field(default_factory=dict)
     desired_replicas: int = 1
     changed_by: str | None = None
     # delivery.mode gitops: the pull request proposing the release (state merged: the base
@@ -208,12 +212,31 @@ def verdict(observed: Observed) -> Verdict:
     if progressing and progressing.get("status") == "False":
         return Verdict(Phase.DEGRADED, progressing.get("reason") or "NotProgressing", progressing.get("message") or "")
     if serving >= observed.desired_replicas and not others:
-        return Verdict(Phase.READY, "Serving", f"{serving} ready pods serve {wanted}")
+        canary = _canary_verdict(observed)
+        if canary is not None:
+            return canary
+        also = f"; the canary's pod serves {observed.canary.model_digest}" if observed.canary else ""
+        return Verdict(Phase.READY, "Serving", f"{serving} ready pods serve {wanted}{also}")
     return Verdict(
         Phase.DEPLOYING, "RollingOut",
         f"{serving}/{observed.desired_replicas} ready pods serve {wanted}"
         + (f"; still serving {', '.join(others)}" if others else ""),
     )
+
+
+def _canary_verdict(observed: Observed) -> Verdict | None:
+    """Why the canary keeps the service from Ready (its route already sends it traffic)."""
+    if observed.canary is None:
+        return None
+    wanted = observed.canary.model_digest
+    for pod in observed.canary_pods:
+        problem = pod_problem(pod)
+        if problem is not None:
+            return Verdict(Phase.DEGRADED, f"Canary{problem.reason}", f"the canary: {problem.message}")
+    if not any(digest == wanted for digest in observed.canary_served.values()):
+        return Verdict(Phase.DEPLOYING, "CanaryRollingOut", f"the stable pods serve; the canary's pod does not serve "
+                       f"{wanted} yet")
+    return None
 
 
 def compute_status(ms: ModelService, observed: Observed, *, now: datetime | None = None) -> ModelServiceStatus:
