@@ -262,3 +262,74 @@ def test_operator_cannot_do_what_it_should_not(dev_env: Any, learning: Any, inst
     answer = _kubectl(dev_env, "auth", "can-i", "get", "secret/kakehashi-gitops", "-n", PROBE_NAMESPACE,
                       f"--as={USER}", check=False)
     assert (answer.returncode, answer.stdout.strip()) == (0, "yes")
+
+
+def _service_account_kubeconfig(env: Any, path: Path) -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount (a bound token)."""
+    token = _kubectl(env, "create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(env.learning.kubeconfig).read_text())
+    config = {**admin, "users": [{"name": "operator", "user": {"token": token}}],
+              "contexts": [{"name": "operator", "context": {"cluster": admin["clusters"][0]["name"], "user": "operator"}}],
+              "current-context": "operator"}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_operator_reconciles_as_its_service_account(
+    dev_env: Any, learning: Any, namespace: str, installed_rbac: None, tmp_path: Path
+) -> None:
+    """Sufficient in practice: the operator itself, authenticated only as the ServiceAccount, runs a
+    TrainingRun to a failure it explains (Job, pods, log, status, Event) and a ModelService through
+    its finalizer, and the API server refuses none of its calls."""
+    from trainingruns import Runs, wait_for
+
+    from kakehashi import GROUP, VERSION
+    from kakehashi.dev.operator import LocalOperator, install_crds
+
+    install_crds(dev_env)
+    kubeconfig = _service_account_kubeconfig(dev_env, tmp_path / "operator.kubeconfig")
+    log = tmp_path / "operator.log"
+    operator = LocalOperator(dev_env, log, extra_env={"KUBECONFIG": str(kubeconfig)})
+    operator.start()
+    try:
+        runs = Runs(learning, namespace)
+        runs.create("rbac", {"runPolicy": {"backoffLimit": 0}}, pod_annotations={
+            "kwok.kakehashi.dev/outcome": "fail", "kwok.kakehashi.dev/exit-code": "3",
+            "kwok.kakehashi.dev/log-tail": "ValueError: bad input"})
+        status = runs.wait_phase("rbac", "Failed", "Succeeded", timeout=90)
+        assert (status["phase"], status["reason"]) == ("Failed", "NonZeroExitCode"), status
+        wait_for(lambda: any(e.reason == "RunFailed" for e in runs.events("rbac")), 15, "the RunFailed Event")
+        wait_for(lambda: all(not (p.metadata.finalizers or []) for p in runs.pods("rbac")), 30,
+                 "the pods' status-capture finalizer removed")
+
+        custom = client.CustomObjectsApi(learning)
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelService", "metadata": {"name": "rbac"},
+            "spec": {"model": {"trainingRun": "not-there"}, "servingImage": "example.invalid/serving:1",
+                     "registry": "example.invalid/models", "delivery": {
+                         "mode": "direct", "direct": {"kubeconfigSecret": {"name": "production"},
+                                                      "namespace": "serving"}}}})
+
+        def service() -> dict[str, Any]:
+            body: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", "rbac")
+            return body
+
+        wait_for(lambda: (service().get("status") or {}).get("reason") == "TrainingRunNotFound", 60,
+                 "the ModelService waiting for its TrainingRun")
+        assert service()["metadata"].get("finalizers"), "the operator did not add its finalizer"
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelservices", "rbac")
+
+        def gone() -> bool:
+            try:
+                service()
+            except client.ApiException as error:
+                return error.status == 404
+            return False
+
+        wait_for(gone, 60, "the ModelService deleted (the operator removed its finalizer)")
+    finally:
+        operator.stop()
+    text = log.read_text()
+    refused = [line for line in text.splitlines()
+               if "Forbidden" in line or "403" in line or "Not enough permissions" in line]
+    assert not refused, "the API server refused calls of the operator:\n" + "\n".join(refused)[:3000]
