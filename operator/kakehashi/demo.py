@@ -11,6 +11,7 @@ capability adds its step here.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -143,14 +144,15 @@ MODELS = {"digits-v1": {"epochs": 30, "seed": 1}, "digits-v2": {"epochs": 40, "s
 SERVICE = "digits"
 
 
-def _a_digit() -> tuple[Any, int]:
-    """One handwritten digit from scikit-learn's bundled data set (8x8, values 0-16)."""
+def _held_out_digits(count: int = 10) -> tuple[Any, list[int]]:
+    """`count` handwritten digits (8x8, values 0-16) from the end of scikit-learn's bundled
+    data set, the part the example holds out from training, with their labels."""
     import numpy as np
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    index = len(digits.images) - 7  # one the models may or may not have trained on: any will do
-    return np.asarray(digits.images[index:index + 1], dtype=np.float32), int(digits.target[index])
+    picks = np.linspace(len(digits.images) - 300, len(digits.images) - 1, count).astype(int)
+    return np.asarray(digits.images[picks], dtype=np.float32), [int(digits.target[i]) for i in picks]
 
 
 def _main_job(env: DevEnvironment, start_operator: bool) -> None:
@@ -168,6 +170,7 @@ def _main_job(env: DevEnvironment, start_operator: bool) -> None:
         local_settings,
     )
     from kakehashi.sdk import Connection, ModelService, TrainingRun
+    from kakehashi.sdk.training import render_spec
 
     if not env.real_nodes or "serving" not in env.images:
         _say(f"No real nodes or serving image here ({env.no_real_nodes_reason}): skipping the main job")
@@ -188,17 +191,19 @@ def _main_job(env: DevEnvironment, start_operator: bool) -> None:
         if connection.kube.delete(MODELSERVICES, DEMO_NAMESPACE, SERVICE):
             _wait(lambda: connection.kube.get(MODELSERVICES, DEMO_NAMESPACE, SERVICE) is None,
                   f"the previous ModelService {SERVICE} to go", timeout=120)
-        runs = [
-            TrainingRun(
-                name, connection=connection,
+        runs = []
+        for base, hyper in MODELS.items():
+            spec = render_spec(
                 # The project's training image, built from notebook-images/jupyter/Dockerfile.
                 image=env.images["training"], command=["python", "/opt/kakehashi/examples/digits/train.py"],
                 hyperparameters={**hyper, "learning_rate": 0.005}, gate=("accuracy", 0.85),
                 env={"AWS_REGION": env.s3.region}, cpu=1, memory="2Gi",
                 node_selector=node.SELECTOR, tolerations=[node.TOLERATION],
-            ).submit()  # the same spec again (a second demo) attaches to the finished run
-            for name, hyper in MODELS.items()
-        ]
+            )
+            # A run is the record of what trained and never changes: named by its spec, a demo
+            # again with the same code attaches to the finished run, changed code trains anew.
+            key = hashlib.sha256(spec.model_dump_json(by_alias=True).encode()).hexdigest()[:6]
+            runs.append(TrainingRun(f"{base}-{key}", connection=connection, spec=spec).submit())
         for run in runs:
             started = time.monotonic()
             run.wait(timeout=900, progress=False)
@@ -210,7 +215,7 @@ def _main_job(env: DevEnvironment, start_operator: bool) -> None:
                    "serving_image": env.images["serving"], "cpu": "250m", "memory": "512Mi",
                    "node_selector": node.SELECTOR, "tolerations": [node.TOLERATION],
                    "timeout": 900, "progress": False}
-        pixels, label = _a_digit()
+        pixels, labels = _held_out_digits()
 
         def serve(run: TrainingRun) -> None:
             started = time.monotonic()
@@ -218,9 +223,10 @@ def _main_job(env: DevEnvironment, start_operator: bool) -> None:
             status = ModelService(SERVICE, connection=connection).status
             _say(f"ModelService {SERVICE}: Ready in {time.monotonic() - started:.1f}s (baked and delivered); "
                  f"image {status.image}")
-            probabilities = np.asarray(predictor.predict(pixels))
-            _say(f"  prediction through the Service: a handwritten {label} -> {int(probabilities.argmax())} "
-                 f"(p={float(probabilities.max()):.2f}), served by model {predictor.metadata()['versions'][0][:19]}…")
+            predicted = [int(p) for p in np.asarray(predictor.predict(pixels)).argmax(axis=1)]
+            right = sum(p == label for p, label in zip(predicted, labels, strict=True))
+            _say(f"  predictions through the Service for {len(labels)} held-out digits {labels}: {predicted}, "
+                 f"{right}/{len(labels)} right, served by model {predictor.metadata()['versions'][0][:19]}…")
 
         serve(first)
         serve(second)
@@ -247,6 +253,11 @@ def demo(start_operator: bool) -> None:
     _run_job(env)
     _run_deployment(env)
     _check_s3_and_registry(env)
-    _main_job(env, start_operator)
+    from kakehashi.sdk import KakehashiError
+
+    try:
+        _main_job(env, start_operator)
+    except KakehashiError as error:  # a failed run or service: its reason, not a traceback
+        raise click.ClickException(str(error)) from None
     click.echo(f"Demo finished in {time.monotonic() - started:.1f}s. Environment left running:"
                " `kakehashi dev status`, `eval \"$(kakehashi dev env)\"`, `kakehashi dev down`.")
