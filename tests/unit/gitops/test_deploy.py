@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RecordingCluster, open_service_pr
+from conftest import RecordingCluster, open_service_pr, run_bot
 from github_standin.harness import (
     AUTHOR,
     REVIEWER,
@@ -19,7 +19,6 @@ from github_standin.harness import (
     Harness,
     git,
     open_pr,
-    running_bot,
 )
 from github_standin.server import PullRequestState, ReviewState, StandIn
 
@@ -28,16 +27,6 @@ from kakehashi.gitops.cluster import ApplyResult
 Scenario = Callable[[Harness], Awaitable[None]]
 
 
-def run(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, scenario: Scenario,
-        cluster: RecordingCluster | None = None, **options: Any) -> RecordingCluster:
-    cluster = cluster or RecordingCluster()
-
-    async def main() -> None:
-        async with running_bot(standin, repo, tmp_path / "bot-checkout", cluster, **options) as harness:
-            await scenario(harness)
-
-    asyncio.run(main())
-    return cluster
 
 
 def test_deploy_applies_the_approved_head_then_merges_with_statuses(
@@ -53,7 +42,7 @@ def test_deploy_applies_the_approved_head_then_merges_with_statuses(
         assert h.github.merges == [(7, sha)]
         assert "Merged as" in h.comments()[-1] and "@octo-reviewer" in h.comments()[-1]
 
-    cluster = run(standin, repo, tmp_path, scenario)
+    cluster = run_bot(standin, repo, tmp_path, scenario)
     # Exactly the PR head's file was applied, and only the service the PR changed.
     assert cluster.applied == [("production", "digits", sha, "spec: {template: {spec: {containers: [{name: serve, image: 'registry/digits@sha256:" + "3" * 64 + "'}]}}}")]
     # GitHub's merge is a real merge commit on main holding the deployed file.
@@ -75,7 +64,7 @@ def test_failed_rollout_is_a_failure_status_and_nothing_is_merged(
         assert h.github.merges == []
         assert "CrashLoopBackOff" in h.comments()[-1]
 
-    run(standin, repo, tmp_path, scenario, cluster)
+    run_bot(standin, repo, tmp_path, scenario, cluster)
 
 
 def test_approval_of_an_older_commit_does_not_count(
@@ -92,7 +81,7 @@ def test_approval_of_an_older_commit_does_not_count(
         assert h.statuses(new) == [("pending", "kakehashi/deploy/production"), ("failure", "kakehashi/deploy/production")]
         assert h.statuses(old) == []
 
-    cluster = run(standin, repo, tmp_path, scenario)
+    cluster = run_bot(standin, repo, tmp_path, scenario)
     assert cluster.applied == [] and standin.state.merges == []
 
 
@@ -111,7 +100,7 @@ def test_the_authors_own_approval_and_a_later_change_request_do_not_count(
         await h.settle()
         assert "it has 0" in h.comments()[-1]
 
-    assert run(standin, repo, tmp_path, scenario).applied == []
+    assert run_bot(standin, repo, tmp_path, scenario).applied == []
 
 
 def test_pr_not_mergeable_is_refused(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
@@ -124,7 +113,7 @@ def test_pr_not_mergeable_is_refused(standin: StandIn, repo: GitOpsRepo, tmp_pat
         assert "not mergeable: dirty" in h.comments()[-1]
         assert h.statuses(sha)[-1] == ("failure", "kakehashi/deploy/production")
 
-    assert run(standin, repo, tmp_path, scenario).applied == []
+    assert run_bot(standin, repo, tmp_path, scenario).applied == []
 
 
 def test_head_moved_between_command_and_apply(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
@@ -146,7 +135,7 @@ def test_head_moved_between_command_and_apply(standin: StandIn, repo: GitOpsRepo
         assert f"head moved from `{sha[:12]}` to `{moved[:12]}`" in h.comments()[-1]
         assert h.statuses(sha)[-1] == ("failure", "kakehashi/deploy/production")
 
-    assert run(standin, repo, tmp_path, scenario).applied == []
+    assert run_bot(standin, repo, tmp_path, scenario).applied == []
     assert standin.state.merges == []
 
 
@@ -170,7 +159,7 @@ def test_merge_is_guarded_by_the_applied_sha(standin: StandIn, repo: GitOpsRepo,
         assert "GitHub refused the merge (409" in h.comments()[-1]
         assert h.statuses(sha)[-1] == ("failure", "kakehashi/deploy/production")
 
-    run(standin, repo, tmp_path, scenario, cluster)
+    run_bot(standin, repo, tmp_path, scenario, cluster)
     assert standin.state.merges == []
 
 
@@ -196,7 +185,7 @@ def test_two_concurrent_deploys_take_turns_and_the_second_is_told_who_holds_the_
         cluster.gate.set()
         await h.settle()
 
-    run(standin, repo, tmp_path, scenario, cluster)
+    run_bot(standin, repo, tmp_path, scenario, cluster)
     assert cluster.max_active == 1
     assert [(service, sha) for _, service, sha, _ in cluster.applied] == [("digits", first), ("digits", second)]
     assert standin.state.merges == [(7, first), (8, second)]
@@ -221,7 +210,7 @@ def test_deploys_of_different_services_do_not_wait_for_each_other(
         await h.settle()
         assert not any("waiting" in c for c in h.comments(7) + h.comments(8))
 
-    assert run(standin, repo, tmp_path, scenario, cluster).max_active == 2
+    assert run_bot(standin, repo, tmp_path, scenario, cluster).max_active == 2
 
 
 def test_unlock_cancels_the_deploy_holding_the_environment(
@@ -239,7 +228,7 @@ def test_unlock_cancels_the_deploy_holding_the_environment(
         assert any("was cancelled" in c for c in h.comments())
         assert h.statuses(sha)[-1] == ("error", "kakehashi/deploy/production")
 
-    run(standin, repo, tmp_path, scenario, cluster)
+    run_bot(standin, repo, tmp_path, scenario, cluster)
     assert standin.state.merges == []
 
 
@@ -253,7 +242,7 @@ def test_a_fork_pr_is_refused(standin: StandIn, repo: GitOpsRepo, tmp_path: Path
         assert "comes from a fork (mallory/Hello-World)" in h.comments()[-1]
         assert h.github.statuses == []
 
-    assert run(standin, repo, tmp_path, scenario).applied == []
+    assert run_bot(standin, repo, tmp_path, scenario).applied == []
 
 
 @pytest.mark.parametrize(("role", "expected"), [("read", "has `read`"), ("triage", "has `triage`"), (None, "has `none`")])
@@ -272,7 +261,7 @@ def test_commenter_without_write_permission_is_refused(
         assert f"@Codertocat needs write permission on Codertocat/Hello-World ({expected})" in h.comments()[-1]
         assert h.github.statuses == []
 
-    assert run(standin, repo, tmp_path, scenario).applied == []
+    assert run_bot(standin, repo, tmp_path, scenario).applied == []
 
 
 def test_environment_allowlist_users_and_teams(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any) -> None:
@@ -288,7 +277,7 @@ def test_environment_allowlist_users_and_teams(standin: StandIn, repo: GitOpsRep
         await h.settle()
         assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/staging")
 
-    assert [service for _, service, _, _ in run(standin, repo, tmp_path, scenario).applied] == ["digits"]
+    assert [service for _, service, _, _ in run_bot(standin, repo, tmp_path, scenario).applied] == ["digits"]
 
 
 def test_unknown_environment_lists_the_configured_ones(
@@ -301,7 +290,7 @@ def test_unknown_environment_lists_the_configured_ones(
         await h.settle()
         assert "no environment `prod`" in h.comments()[-1] and "`production`, `staging`" in h.comments()[-1]
 
-    run(standin, repo, tmp_path, scenario)
+    run_bot(standin, repo, tmp_path, scenario)
 
 
 def test_the_allowlist_is_read_from_the_base_branch_not_from_the_pr(
@@ -318,7 +307,7 @@ def test_the_allowlist_is_read_from_the_base_branch_not_from_the_pr(
         await h.settle()
         assert "not on `staging`'s allowlist" in h.comments()[-1]
 
-    assert run(standin, repo, tmp_path, scenario).applied == []
+    assert run_bot(standin, repo, tmp_path, scenario).applied == []
 
 
 def test_secrets_reach_no_comment_and_no_log(
@@ -332,7 +321,7 @@ def test_secrets_reach_no_comment_and_no_log(
         await h.deliver(payload("/deploy production"), headers={"X-Hub-Signature-256": "sha256=" + "0" * 64})
         await h.settle()
 
-    run(standin, repo, tmp_path, scenario)
+    run_bot(standin, repo, tmp_path, scenario)
     text = "\n".join(body for _, body in standin.state.comments) + caplog.text
     assert standin.state.comments and SECRET not in text and TOKEN not in text
 
@@ -348,7 +337,7 @@ def test_a_pr_deleting_a_service_hands_the_cluster_no_directory(
         await h.settle()
         assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/production")
 
-    assert run(standin, repo, tmp_path, scenario).applied == [("production", "other", sha, "(deleted)")]
+    assert run_bot(standin, repo, tmp_path, scenario).applied == [("production", "other", sha, "(deleted)")]
 
 
 def test_sequential_prs_of_the_same_file_both_deploy_and_merge(
@@ -362,7 +351,7 @@ def test_sequential_prs_of_the_same_file_both_deploy_and_merge(
             await h.settle()
             assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/production"), h.comments(number)
 
-    run(standin, repo, tmp_path, scenario)
+    run_bot(standin, repo, tmp_path, scenario)
     assert [number for number, _ in standin.state.merges] == [7, 8]
     assert "4" * 64 in git(repo.work, "--git-dir", str(repo.origin), "show", "main:production/digits/deployment.yaml")
 
@@ -389,7 +378,7 @@ def test_the_same_deploy_commented_twice_applies_once(
         # The merged commit keeps the first deploy's verdict.
         assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/production")
 
-    assert len(run(standin, repo, tmp_path, scenario, cluster).applied) == 1
+    assert len(run_bot(standin, repo, tmp_path, scenario, cluster).applied) == 1
     assert standin.state.merges == [(7, sha)]
 
 
@@ -406,5 +395,5 @@ def test_the_deploy_status_can_be_a_required_check(
         await h.settle()
         assert h.statuses(sha) == [("pending", "kakehashi/deploy/production"), ("success", "kakehashi/deploy/production")]
 
-    run(standin, repo, tmp_path, scenario)
+    run_bot(standin, repo, tmp_path, scenario)
     assert standin.state.merges == [(7, sha)]

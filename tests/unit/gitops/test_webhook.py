@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RecordingCluster, open_service_pr
+from conftest import RecordingCluster, open_service_pr, run_bot
 from github_standin.harness import SECRET, GitOpsRepo, Harness, running_bot
 from github_standin.server import StandIn
 from pydantic import ValidationError
@@ -20,17 +20,6 @@ from pydantic import ValidationError
 from kakehashi.gitops.app import Webhooks
 from kakehashi.gitops.settings import BotSettings
 from kakehashi.gitops.signature import SignatureError, verify
-
-
-def run(standin: StandIn, repo: GitOpsRepo, tmp_path: Path, scenario: Any, cluster: RecordingCluster | None = None) -> RecordingCluster:
-    cluster = cluster or RecordingCluster()
-
-    async def main() -> None:
-        async with running_bot(standin, repo, tmp_path / "bot-checkout", cluster) as harness:
-            await scenario(harness)
-
-    asyncio.run(main())
-    return cluster
 
 
 def test_forged_unsigned_and_sha1_only_deliveries_are_refused_before_anything_runs(
@@ -58,7 +47,7 @@ def test_forged_unsigned_and_sha1_only_deliveries_are_refused_before_anything_ru
         assert tampered.status_code == 401
         await h.settle()
 
-    assert run(standin, repo, tmp_path, scenario).applied == []
+    assert run_bot(standin, repo, tmp_path, scenario).applied == []
     assert standin.state.requests == []  # not one call to GitHub
     assert standin.state.comments == []
 
@@ -74,7 +63,7 @@ def test_a_redelivery_runs_nothing_twice(standin: StandIn, repo: GitOpsRepo, tmp
         assert (first.status_code, again.status_code, again.json()["outcome"]) == (202, 200, "duplicate")
         assert h.statuses(sha).count(("success", "kakehashi/deploy/production")) == 1
 
-    assert len(run(standin, repo, tmp_path, scenario).applied) == 1
+    assert len(run_bot(standin, repo, tmp_path, scenario).applied) == 1
     assert len(standin.state.merges) == 1
 
 
@@ -88,7 +77,7 @@ def test_a_forged_delivery_cannot_use_up_a_guid(standin: StandIn, repo: GitOpsRe
         assert genuine.status_code == 202
         await h.settle()
 
-    assert len(run(standin, repo, tmp_path, scenario).applied) == 1
+    assert len(run_bot(standin, repo, tmp_path, scenario).applied) == 1
 
 
 @pytest.mark.parametrize(
@@ -113,7 +102,7 @@ def test_edited_bot_and_non_pr_comments_are_ignored(
         assert reason in answer.json()["message"]
         await h.settle()
 
-    assert run(standin, repo, tmp_path, scenario).applied == []
+    assert run_bot(standin, repo, tmp_path, scenario).applied == []
     assert standin.state.requests == [] and standin.state.comments == []
 
 
@@ -122,7 +111,7 @@ def test_prose_without_a_command_is_ignored(standin: StandIn, repo: GitOpsRepo, 
         answer = await h.deliver(payload("I'll /deploy production after lunch\n> /deploy production\n```\n/deploy production\n```"))
         assert answer.json()["outcome"] == "ignored"
 
-    run(standin, repo, tmp_path, scenario)
+    run_bot(standin, repo, tmp_path, scenario)
     assert standin.state.requests == []
 
 
@@ -142,7 +131,7 @@ def test_the_answer_comes_before_the_work(standin: StandIn, repo: GitOpsRepo, tm
         await h.settle()
         assert h.statuses(sha)[-1] == ("success", "kakehashi/deploy/production")
 
-    run(standin, repo, tmp_path, scenario, cluster)
+    run_bot(standin, repo, tmp_path, scenario, cluster)
 
 
 def test_the_bot_refuses_to_start_without_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,11 +19,11 @@ import yaml
 from github_standin import harness
 from github_standin.harness import GitOpsRepo, git, payload, running_bot
 from github_standin.server import GitHubState, ReviewState, StandIn
+from serving_fakes import FakeKube
 
 from kakehashi.control.client import Secret
 from kakehashi.control.controller import Key
 from kakehashi.control.errors import TemporaryError
-from kakehashi.control.resources import Resource
 from kakehashi.gitops.cluster import ApplyResult, Origin, ServiceChange, TrainResult
 from kakehashi.serving import bakejob
 from kakehashi.serving.reconciler import FINALIZER, ServiceReconciler
@@ -38,41 +38,6 @@ DIGEST2 = "sha256:" + "2" * 64
 IMAGE = "registry.local/models@sha256:" + "a" * 64
 IMAGE2 = "registry.local/models@sha256:" + "b" * 64
 BRANCH = f"kakehashi/{NS}/{NAME}"
-
-
-class FakeKube:
-    """The learning cluster as the loop sees it: objects, Secrets and the status it writes."""
-
-    def __init__(self, token: str) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.created: list[dict[str, Any]] = []
-        self.statuses: list[dict[str, Any]] = []
-        self.patches: list[dict[str, Any]] = []
-        self.secrets = {"kakehashi-gitops": Secret(data={"token": token})}
-
-    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get((resource.kind, namespace, name))
-
-    def create(self, resource: Resource, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        key = (resource.kind, body["metadata"]["namespace"], body["metadata"]["name"])
-        obj = {**body, "metadata": {**body["metadata"], "uid": f"uid-{len(self.created)}"}, "status": {}}
-        self.objects[key] = obj
-        self.created.append(obj)
-        return obj, True
-
-    def patch_status(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.statuses.append(patch["status"])
-        return {"metadata": {"uid": "ms-uid", "resourceVersion": str(1000 + len(self.statuses))}, "status": patch["status"]}
-
-    def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.patches.append(patch)
-        return patch
-
-    def read_secret(self, namespace: str, name: str) -> Secret | None:
-        return self.secrets.get(name)
-
-    def delete(self, resource: Resource, namespace: str, name: str) -> bool:
-        return self.objects.pop((resource.kind, namespace, name), None) is not None
 
 
 def run_body(name: str, digest: str, accuracy: float) -> dict[str, Any]:
@@ -106,7 +71,7 @@ class World:
                  repository: str = f"{OWNER}/{REPO}") -> None:
         self.standin = standin
         self.origin = origin
-        self.kube = FakeKube(token)
+        self.kube = FakeKube({"kakehashi-gitops": Secret(data={"token": token})})
         self.events: list[tuple[str, str, str]] = []
         settings = OperatorSettings(  # type: ignore[call-arg]
             gitops_api_url=standin.url, gitops_clone_url=str(origin.origin), gitops_checkout=tmp_path / "checkout",

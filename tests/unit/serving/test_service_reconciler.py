@@ -8,9 +8,11 @@ import asyncio
 import json
 from typing import Any
 
+from serving_fakes import FakeKube
+
 from kakehashi.control.client import Secret
 from kakehashi.control.controller import Key
-from kakehashi.control.resources import JOBS, Resource
+from kakehashi.control.resources import JOBS
 from kakehashi.delivery.direct import ProductionState
 from kakehashi.serving import bakejob, render
 from kakehashi.serving.reconciler import FINALIZER, ServiceReconciler
@@ -22,41 +24,6 @@ DIGEST = "sha256:" + "1" * 64
 DIGEST2 = "sha256:" + "2" * 64
 IMAGE = "registry.local/models@sha256:" + "a" * 64
 IMAGE2 = "registry.local/models@sha256:" + "b" * 64
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.created: list[dict[str, Any]] = []
-        self.statuses: list[dict[str, Any]] = []
-        self.patches: list[dict[str, Any]] = []
-        self.secrets: dict[str, Secret] = {"prod": Secret(data={"kubeconfig": "apiVersion: v1\nkind: Config\n"})}
-
-    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get((resource.kind, namespace, name))
-
-    def create(self, resource: Resource, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        key = (resource.kind, body["metadata"]["namespace"], body["metadata"]["name"])
-        if key in self.objects:
-            return self.objects[key], False
-        obj = {**body, "metadata": {**body["metadata"], "uid": f"uid-{len(self.created)}"}, "status": {}}
-        self.objects[key] = obj
-        self.created.append(obj)
-        return obj, True
-
-    def patch_status(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.statuses.append(patch["status"])
-        return {"metadata": {"uid": "ms-uid", "resourceVersion": str(1000 + len(self.statuses))}, "status": patch["status"]}
-
-    def patch(self, resource: Resource, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.patches.append(patch)
-        return patch
-
-    def read_secret(self, namespace: str, name: str) -> Secret | None:
-        return self.secrets.get(name)
-
-    def delete(self, resource: Resource, namespace: str, name: str) -> bool:
-        return self.objects.pop((resource.kind, namespace, name), None) is not None
 
 
 class FakeProduction:
@@ -121,7 +88,7 @@ def service_body(**spec: Any) -> dict[str, Any]:
 
 class World:
     def __init__(self, **spec: Any) -> None:
-        self.kube = FakeKube()
+        self.kube = FakeKube({"prod": Secret(data={"kubeconfig": "apiVersion: v1\nkind: Config\n"})})
         self.production = FakeProduction()
         self.events: list[tuple[str, str, str]] = []
         self.rec = ServiceReconciler(
