@@ -138,11 +138,17 @@ class Service:
             return False
 
     def _runs_as_configured(self, pid: int) -> bool:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-        except OSError:
-            return False
-        return [arg.decode() for arg in cmdline] == [str(self.binary), *self.args]
+        # During exec the kernel points /proc/PID/exe at the new binary before it lays out the
+        # new arguments: an empty cmdline there is a process still starting, not another one.
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                return False
+            if cmdline or time.monotonic() > deadline:
+                return [arg.decode() for arg in cmdline] == [str(self.binary), *self.args]
+            time.sleep(0.01)
 
     def start(self, wait: bool = True) -> int:
         """Start unless already running as configured (a process started with other
