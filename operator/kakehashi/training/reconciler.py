@@ -48,6 +48,8 @@ ArtifactReader = Callable[[str], ModelArtifact | None]
 EventSink = Callable[[dict[str, Any], str, str, str], None]
 T = TypeVar("T")
 METRIC_RESOURCE: Final = "trainingrun"
+# How long after a container's exit its log is complete enough to quote (see _logs_settled).
+LOG_SETTLE_S: Final = 2.0
 
 logger = logging.getLogger("kakehashi.training")
 
@@ -67,6 +69,19 @@ def _problems(error: ValidationError) -> str:
         else f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
         for err in error.errors(include_url=False)
     )
+
+
+async def _logs_settled(finished_at: str | None) -> None:
+    """Wait until LOG_SETTLE_S after a container's exit before reading its log. The runtime
+    copies stdout and stderr to the log on their own, and reports the exit without waiting
+    for the copies: a log read at once can miss the last stderr lines (the traceback, which
+    is the point of the tail). finishedAt has whole seconds, so the wait counts from its end."""
+    if not finished_at:
+        return
+    finished = datetime.fromisoformat(finished_at.replace("Z", "+00:00"))
+    remaining = LOG_SETTLE_S + 1 - (datetime.now(UTC) - finished).total_seconds()
+    if remaining > 0:
+        await asyncio.sleep(min(remaining, LOG_SETTLE_S + 1))
 
 
 class Reconciler(Controller):
@@ -248,6 +263,7 @@ class Reconciler(Controller):
             for cstatus in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
                 term = (cstatus.get("state") or {}).get("terminated") or {}
                 if term.get("exitCode") or term.get("reason") == "OOMKilled":
+                    await _logs_settled(term.get("finishedAt"))
                     text = await self.io(
                         self.kube.log_tail, pod["metadata"]["namespace"], pod_name, cstatus["name"], LOG_TAIL_LINES
                     )

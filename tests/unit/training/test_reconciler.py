@@ -248,6 +248,33 @@ def test_a_deleted_run_lets_its_pods_go() -> None:
     assert kube.released == ["digits-x"] and kube.creates == 0
 
 
+def test_a_failed_container_log_is_read_once_its_last_stderr_lines_arrived() -> None:
+    """The runtime reports the exit before it has copied the last stderr line (the traceback)
+    to the log; the tail quoted in the run's message must still end with it."""
+    from datetime import UTC, datetime
+
+    exited = time.time()
+
+    class LaggingLog(FakeKube):
+        def log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+            late = time.time() - exited >= 1.5  # the stderr copy lands a moment after the exit
+            return "epoch 29 loss 0.033" + ("\nValueError: labels and images differ" if late else "")
+
+    kube = LaggingLog()
+    rec, _, indices = make(kube)
+    asyncio.run(rec.reconcile(KEY))
+    child = kube.children[KEY]
+    child["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    indices["jobs"][KEY] = [child]
+    finished = datetime.fromtimestamp(exited, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    terminated = {"exitCode": 3, "reason": "Error", "finishedAt": finished}
+    indices["pods"][KEY] = [pod("Failed", containerStatuses=[{"name": "trainer", "state": {"terminated": terminated}}])]
+    asyncio.run(rec.reconcile(KEY))
+    final = status_of(kube)
+    assert (final["phase"], final["reason"]) == ("Failed", "NonZeroExitCode")
+    assert final["message"].rstrip().endswith("ValueError: labels and images differ")
+
+
 # -- temporary failures are retried, never recorded as facts ----------------------------------
 
 
