@@ -103,15 +103,21 @@ async def send(
     timeout_s: float = 10.0,
 ) -> None:
     target, host = await checked_target(url, allowlist, allow_http)
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+    extensions: dict[str, Any] = {"timeout": httpx.Timeout(timeout_s).as_dict()}
+    if target.scheme == "https":
+        # TLS still verifies the certificate against the name, not the address.
+        extensions["sni_hostname"] = host
+    request = httpx.Request(
+        "POST", target, json=message.model_dump(),
+        headers={"Host": host_header(target.scheme, host, target.port)}, extensions=extensions,
+    )
+    # Straight to a transport, not through httpx.Client: the client logs every request's full
+    # URL at INFO ("HTTP Request: POST https://.../T000/B000/XXXX"), and a webhook URL's path
+    # is its credential. A bare transport follows no redirects and reads no proxy settings.
+    async with httpx.AsyncHTTPTransport(trust_env=False) as transport:
         try:
-            response = await client.post(
-                target,
-                json=message.model_dump(),
-                headers={"Host": host_header(target.scheme, host, target.port)},
-                # TLS still verifies the certificate against the name, not the address.
-                extensions={"sni_hostname": host} if target.scheme == "https" else {},
-            )
+            response = await transport.handle_async_request(request)
+            await response.aclose()
         except httpx.HTTPError as error:
             raise NotificationError(f"the webhook could not be reached ({type(error).__name__})") from None
     if response.is_redirect:

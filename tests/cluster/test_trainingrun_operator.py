@@ -188,6 +188,8 @@ def test_run_end_is_announced_to_the_webhook_and_counted_in_metrics(runs: Runs, 
         assert "Failed" in message["text"] and "OSError: disk full" in message["text"]
         assert message["blocks"][0]["type"] == "section"
         assert wait_for(lambda: runs.status("announced").get("notifiedAt"), 30, "notifiedAt")
+        # The URL is the webhook's credential: not in the operator's log either.
+        assert "/hooks/T000/B000/XXX" not in operator.log_path.read_text(errors="replace")
     finally:
         server.shutdown()
     metrics = httpx.get(operator.metrics_url).text
