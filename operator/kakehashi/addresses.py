@@ -22,7 +22,11 @@ METADATA_ADDRESSES: Final = frozenset(
     for address in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
 )
 # IPv6 prefixes whose addresses carry an IPv4 address that a translator or tunnel reaches.
-_NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: IPv4 in the low 32 bits
+# The local-use prefix (RFC 8215) carries the IPv4 address where the site's prefix length puts
+# it (RFC 6052: bits 48-87 for a /48, the low 32 only for a /96), so the inner address cannot be
+# read from outside: refused whole, as the local network it leads into.
+_NAT64_LOCAL: Final = ipaddress.ip_network("64:ff9b:1::/48")
 _SIIT: Final = ipaddress.ip_network("::ffff:0:0:0/96")  # ::ffff:0:a.b.c.d (RFC 6052/7915)
 _COMPAT: Final = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible ::a.b.c.d
 
@@ -52,7 +56,7 @@ def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     if address.sixtofour is not None:
         return address.sixtofour
     low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if any(address in network for network in _NAT64) or address in _SIIT:
+    if address in _NAT64 or address in _SIIT:
         return low32
     if address in _COMPAT and int(address) > 1:  # not :: or ::1, which are themselves
         return low32
@@ -89,6 +93,8 @@ def host_header(scheme: str, host: str, port: int | None) -> str:
 
 def why_refused(address: IPAddress) -> str | None:
     """Why a connection to `address` is refused, or None for a public address."""
+    if address in _NAT64_LOCAL:
+        return "a local-use NAT64 address"
     inner = embedded_ipv4(address)
     if inner is not None:
         reason = why_refused(inner)

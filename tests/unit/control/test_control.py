@@ -90,6 +90,9 @@ def test_operator_settings_come_from_flags_then_environment_then_defaults(monkey
     ("8.8.8.8", False), ("2001:4860:4860::8888", False), ("64:ff9b::808:808", False),
     ("10.1.2.3", True), ("169.254.169.254", True), ("::1", True), ("::ffff:127.0.0.1", True),
     ("64:ff9b::a9fe:a9fe", True), ("2002:a9fe:a9fe::1", True), ("::10.0.0.1", True), ("::ffff:0:a00:1", True),
+    # 10.0.0.1 in the local-use NAT64 prefix as a /48 site embeds it (RFC 6052), with 8.8.8.8
+    # in the low 32 bits a translator ignores.
+    ("64:ff9b:1:a00:0:100:808:808", True),
 ])
 def test_addresses_embedding_ipv4_are_judged_by_the_ipv4_address(address: str, refused: bool) -> None:
     assert (why_refused(ipaddress.ip_address(address)) is not None) == refused
