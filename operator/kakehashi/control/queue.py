@@ -59,13 +59,12 @@ class ReconcileQueue(Generic[K]):
         self._retries[key] = asyncio.get_running_loop().call_later(delay_s, self._retry, key)
 
     def forget(self, key: K) -> None:
-        """The object is gone: drop its state, or per-object memory would grow forever."""
+        """The object is gone: drop its state, or per-object memory would grow forever. (Its
+        lock lives only while a reconcile of it runs or waits: `_run` drops it.)"""
         self._attempts.pop(key, None)
         retry = self._retries.pop(key, None)
         if retry is not None:
             retry.cancel()
-        if key not in self._queued:
-            self._locks.pop(key, None)
 
     def attempts(self, key: K) -> int:
         """Failed reconciles in a row (0 after a success)."""
@@ -87,20 +86,35 @@ class ReconcileQueue(Generic[K]):
 
     async def _run(self, key: K) -> None:
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            self._queued.discard(key)
-            started = time.perf_counter()
-            result = "success"
-            try:
-                await self._reconcile(key)
-                self._attempts.pop(key, None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                result = self._failed(key, error)
-            finally:
-                metrics.RECONCILES.labels(self.resource, result).inc()
-                metrics.RECONCILE_SECONDS.labels(self.resource).observe(time.perf_counter() - started)
+        try:
+            async with lock:
+                self._queued.discard(key)
+                if self._attempts.get(key) and key in self._retries:
+                    # Requested while the reconcile before failed: the scheduled retry is the
+                    # next attempt, not this request (or every event during an outage would
+                    # be one more immediate call to a failing server).
+                    return
+                await self._timed(key)
+        finally:
+            # Nobody waits for the lock unless a request is queued (it is discarded only once
+            # the lock is held): an idle object keeps no lock, a deleted one none at all, and
+            # a lock held by a run still finishing is never replaced under it.
+            if key not in self._queued and self._locks.get(key) is lock:
+                del self._locks[key]
+
+    async def _timed(self, key: K) -> None:
+        started = time.perf_counter()
+        result = "success"
+        try:
+            await self._reconcile(key)
+            self._attempts.pop(key, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            result = self._failed(key, error)
+        finally:
+            metrics.RECONCILES.labels(self.resource, result).inc()
+            metrics.RECONCILE_SECONDS.labels(self.resource).observe(time.perf_counter() - started)
 
     def _failed(self, key: K, error: Exception) -> str:
         kind = classify(error)
@@ -114,7 +128,10 @@ class ReconcileQueue(Generic[K]):
             logger.error("Reconcile refused by the server: %s", kind, extra={**extra, "attempt": attempt})
             self._attempts.pop(key, None)
             return "error"
-        delay = kind.delay if isinstance(kind, TemporaryError) and kind.delay is not None else self.backoff.delay(attempt)
+        if isinstance(kind, TemporaryError) and kind.delay is not None:
+            delay = min(kind.delay, self.backoff.cap_s)  # a server's Retry-After, within our cap
+        else:
+            delay = self.backoff.delay(attempt)
         if isinstance(kind, TemporaryError):
             logger.warning(
                 "Reconcile failed temporarily, retrying in %.1fs: %s", delay, kind,
@@ -122,6 +139,8 @@ class ReconcileQueue(Generic[K]):
             )
         else:
             logger.exception("Reconcile failed, retrying in %.1fs", delay, extra={**extra, "attempt": attempt})
-        loop = asyncio.get_running_loop()
-        self._retries[key] = loop.call_later(delay, self._retry, key)
+        earlier = self._retries.pop(key, None)
+        if earlier is not None:  # a poll (request_later) pending: the backoff replaces it
+            earlier.cancel()
+        self._retries[key] = asyncio.get_running_loop().call_later(delay, self._retry, key)
         return "retry"

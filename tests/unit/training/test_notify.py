@@ -25,7 +25,7 @@ class _Hook(BaseHTTPRequestHandler):
     received: ClassVar[list[tuple[str, str, dict[str, Any]]]] = []
     answer: ClassVar[int] = 200
 
-    def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Hook.received.append((self.path, self.headers["Host"], body))
         self.send_response(self.answer)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -149,6 +151,28 @@ def sync_run_status(kube: FakeKube, indices: dict[str, dict[Key, list[dict[str, 
 async def settle(rec: Reconciler, seconds: float) -> None:
     await asyncio.sleep(seconds)
     await rec.queue.drain()
+
+
+async def settle_until(rec: Reconciler, done: Callable[[], bool]) -> None:
+    """Until `done()`, for at most 10 s (a loaded CI machine stretches every delay: a fixed
+    sleep would flake)."""
+    for _ in range(1000):
+        if done():
+            break
+        await asyncio.sleep(0.01)
+    await rec.queue.drain()
+
+
+@dataclass(frozen=True)
+class RecordingBackoff(Backoff):
+    """The delays the queue asked for, to check them exactly (measured gaps only grow)."""
+
+    given: list[float] = field(default_factory=list, compare=False)
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        value = super().delay(attempt, rng)
+        self.given.append(value)
+        return value
 
 
 # -- the happy path ---------------------------------------------------------------------------
@@ -360,17 +384,19 @@ def test_5xx_on_create_is_retried_with_growing_delays_until_it_works() -> None:
     kube = FakeKube()
     kube.fail["create"] = [api_error(503, "etcd leader changed"), api_error(500), api_error(429)]
     rec, _, _ = make(kube)
-    rec.queue.backoff = Backoff(base_s=0.1, factor=2.0, cap_s=10.0, jitter=0.0)
+    backoff = RecordingBackoff(base_s=0.1, factor=2.0, cap_s=10.0, jitter=0.0)
+    rec.queue.backoff = backoff
 
     async def scenario() -> None:
         rec.request(KEY)
-        await settle(rec, 1.2)
+        await settle_until(rec, lambda: kube.creates == 1)
 
     asyncio.run(scenario())
     assert kube.creates == 1 and len(kube.create_calls) == 4
+    # 0.1 s, 0.2 s, 0.4 s: growing, never a fixed fast loop (a busy machine only adds to a gap).
+    assert backoff.given == [0.1, 0.2, 0.4]
     gaps = [b - a for a, b in itertools.pairwise(kube.create_calls)]
-    # 0.1 s, 0.2 s, 0.4 s: growing, never a fixed fast loop.
-    assert gaps[0] >= 0.09 and gaps[1] > gaps[0] * 1.4 and gaps[2] > gaps[1] * 1.4, gaps
+    assert all(gap >= delay - 0.01 for gap, delay in zip(gaps, backoff.given, strict=True)), gaps
     assert status_of(kube)["phase"] == "Pending"
     assert rec.queue.attempts(KEY) == 0  # a success resets the backoff
 
@@ -382,7 +408,7 @@ def test_5xx_on_the_status_patch_is_retried_until_it_works() -> None:
 
     async def scenario() -> None:
         rec.request(KEY)
-        await settle(rec, 0.4)
+        await settle_until(rec, lambda: len(kube.patches) == 1)
 
     asyncio.run(scenario())
     assert len(kube.patch_calls) == 3 and len(kube.patches) == 1
