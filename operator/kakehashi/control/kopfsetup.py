@@ -22,6 +22,10 @@ class Resyncable(Protocol):
     def request(self, key: tuple[str, str]) -> None: ...
 
 
+class Closable(Resyncable, Protocol):
+    def close(self) -> None: ...
+
+
 def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -44,3 +48,17 @@ async def resync_forever(controller: Resyncable, every_s: float) -> None:
         await asyncio.sleep(every_s)
         for key in controller.pending_keys():
             controller.request(key)  # type: ignore[arg-type]
+
+
+def start(memo: kopf.Memo, name: str, controller: Resyncable, every_s: float) -> None:
+    """Start a controller's resync (kopf's startup). The task is kept in the memo: the event
+    loop holds tasks only weakly, and `stop` needs it."""
+    setattr(memo, f"{name}_resync", asyncio.get_running_loop().create_task(resync_forever(controller, every_s)))
+
+
+def stop(memo: kopf.Memo, name: str, controller: Closable) -> None:
+    """kopf's cleanup: stop the resync and the controller's worker threads."""
+    task: asyncio.Task[None] | None = getattr(memo, f"{name}_resync", None)
+    if task is not None:
+        task.cancel()
+    controller.close()

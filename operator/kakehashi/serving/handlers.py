@@ -6,7 +6,6 @@ service bake), through the TrainingRun handlers calling `training_run_changed`.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import kopf
@@ -37,17 +36,12 @@ def _get(memo: kopf.Memo) -> ServiceReconciler:
 @kopf.on.startup()
 async def start_resync(memo: kopf.Memo, **_: Any) -> None:
     rec = _get(memo)
-    memo.modelservices_resync = asyncio.get_running_loop().create_task(
-        kopfsetup.resync_forever(rec, rec.settings.resync_seconds)
-    )
+    kopfsetup.start(memo, "modelservices", rec, rec.settings.resync_seconds)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "modelservices_resync", None)
-    if task is not None:
-        task.cancel()
-    _get(memo).close()
+    kopfsetup.stop(memo, "modelservices", _get(memo))
 
 
 @kopf.index(GROUP, VERSION, PLURAL)

@@ -7,7 +7,6 @@ reconcile needs none of it, and a run must stay deletable while the operator is 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import kopf
@@ -33,18 +32,12 @@ def _get(memo: kopf.Memo) -> Reconciler:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     kopfsetup.configure(settings)
     rec = _get(memo)
-    # Kept referenced in the memo: the event loop holds tasks only weakly.
-    memo.trainingruns_resync = asyncio.get_running_loop().create_task(
-        kopfsetup.resync_forever(rec, rec.settings.resync_seconds)
-    )
+    kopfsetup.start(memo, "trainingruns", rec, rec.settings.resync_seconds)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "trainingruns_resync", None)
-    if task is not None:
-        task.cancel()
-    _get(memo).close()
+    kopfsetup.stop(memo, "trainingruns", _get(memo))
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
