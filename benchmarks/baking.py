@@ -56,6 +56,7 @@ from kakehashi.bake.bake import bake
 from kakehashi.bake.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from kakehashi.bake.registry import Registry
 from kakehashi.dev import tools
+from kakehashi.dev.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "baking.json"
@@ -122,9 +123,7 @@ class CountingRelay:
 def start_registry(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     tool = next(t for t in tools.TOOLS if t.name == "registry")
     binary = tools.build(tool, say) / "registry"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = workdir / "registry.json"  # YAML is a superset of JSON
     config.write_text(json.dumps({
         "version": 0.1, "log": {"level": "warn"},

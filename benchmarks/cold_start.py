@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import ROOT, build_mobilenet, free_port, rss_mib, stop
+from common import ROOT, build_mobilenet, rss_mib, stop
+
+from kakehashi.dev.processes import free_port
 
 RESULTS = ROOT / "benchmarks" / "results" / "cold_start.json"
 BIN = Path(sys.executable).parent

@@ -1,10 +1,9 @@
-"""What the benchmarks share: loopback ports, starting and stopping servers, the model."""
+"""What the benchmarks share: starting and stopping servers, the model."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,14 +11,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now (the OS picks it; the caller binds it next)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_ready(process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 600,

@@ -36,7 +36,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-from common import ROOT, build_mobilenet, free_port, start, stop
+from common import ROOT, build_mobilenet, start, stop
+
+from kakehashi.dev.processes import free_port
 
 RESULTS = ROOT / "benchmarks" / "results" / "inference.json"
 FLOP_PER_CYCLE = 32  # FP32, per core: 2 x 256-bit FMA, or 1 x 512-bit FMA

@@ -24,13 +24,13 @@ from typing import Any
 
 import httpx
 import pytest
-from local_ports import free_port
 from tiny_models import tiny_savedmodel
 
 from kakehashi.bake import Credentials, Registry, RegistryError, bake
 from kakehashi.bake import mediatypes as mt
 from kakehashi.dev import tools
 from kakehashi.dev.environment import DevEnvironment
+from kakehashi.dev.processes import free_port
 from kakehashi.modelformat import ModelArtifact
 from kakehashi.modelformat.compiled import source_digest
 

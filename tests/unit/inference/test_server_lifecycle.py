@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from inference_helpers import b64, jpeg
-from local_ports import free_port
 
 import kakehashi_inference.server as server_module
+from kakehashi.dev.processes import free_port
 from kakehashi_inference.app import create_app
 from kakehashi_inference.cli import main
 from kakehashi_inference.model import LoadedModel
