@@ -141,6 +141,33 @@ def test_serving_extras_keep_tensorflow_out_of_the_light_image() -> None:
     assert any(dep.startswith("tensorflow") for dep in extras["serve-full"])
 
 
+def _requirements(extras: dict[str, list[str]], requirements: list[str]) -> set[str]:
+    """Distribution names `requirements` install, kakehashi[...] self-references followed."""
+    names: set[str] = set()
+    for requirement in requirements:
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+        if name == "kakehashi":
+            for extra in re.findall(r"\[(.*)\]", requirement)[0].split(","):
+                names |= _requirements(extras, extras[extra.strip()])
+        else:
+            names.add(name)
+    return names
+
+
+def test_the_control_plane_libraries_are_installed_by_the_operator_extras_only() -> None:
+    import tomllib
+
+    project = tomllib.loads((INFERENCE.parent / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    control_plane = {"kopf", "kubernetes", "kubeflow-training"}
+    assert control_plane <= _requirements(extras, extras["operator"])
+    # The serving images (light, full, Lambda) and the training/notebook images (and the
+    # bake Jobs they run) install the base plus their own extra only.
+    for image_extra in ("serve", "serve-full", "train"):
+        installed = _requirements(extras, project["dependencies"] + extras[image_extra])
+        assert not installed & control_plane, (image_extra, installed & control_plane)
+
+
 def test_serving_image_runs_as_non_root_with_a_readiness_healthcheck() -> None:
     instructions = _instructions(INFERENCE / "Dockerfile")
     users = [line.split()[1] for kind, line in instructions if kind == "USER"]
