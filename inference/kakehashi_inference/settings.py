@@ -44,7 +44,8 @@ class Settings(BaseSettings):
         "every model worker busy (queued images / workers), so on many cores batches stay small"))
     batch_policy: BatchPolicy = Field(default="follow-load", description=(
         "follow-load: a batch takes its share of the outstanding images per model worker; "
-        "greedy: everything queued, up to the maximum (one worker may run 16 while others idle)"))
+        "greedy: everything queued, up to the maximum (one worker may run a full batch while "
+        "others idle)"))
     max_wait_ms: float = Field(default=0.0, ge=0, description=(
         "How long the first queued image waits for company; on CPU 0 is best: the queue fills "
         "while the previous batch runs"))
