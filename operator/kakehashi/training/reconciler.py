@@ -29,7 +29,13 @@ from kakehashi.api.trainingrun import RESOURCE, Phase, TrainingRun, TrainingRunS
 from kakehashi.control.backoff import Backoff
 from kakehashi.control.client import Kube
 from kakehashi.control.controller import Controller, Key, items
-from kakehashi.control.errors import PermanentError, TemporaryError, api_message, classify
+from kakehashi.control.errors import (
+    PermanentError,
+    TemporaryError,
+    api_message,
+    classify,
+    http_status,
+)
 from kakehashi.control.resources import PODS
 from kakehashi.modelformat import ModelArtifact, now_rfc3339
 from kakehashi.settings import OperatorSettings
@@ -172,6 +178,18 @@ class Reconciler(Controller):
                 )
             except Exception as error:
                 refused = classify(error)
+                if http_status(error) == 404:
+                    # The API server does not serve the kind (TFJob without the Kubeflow
+                    # training operator): not a fact about this run. Pending, saying why, and
+                    # the create is retried with backoff until the kind is installed.
+                    hint = ": is the Kubeflow training operator installed?" if kind == "TFJob" else ""
+                    waiting = Verdict(
+                        Phase.PENDING, f"{kind}NotServed",
+                        f"the API server does not serve {kind} ({resource.api_version} {resource.plural})"
+                        f"{hint} ({api_message(error)}); retrying",
+                    )
+                    await self._conclude(key, body, run, Observed(not_created=waiting), pods)
+                    raise TemporaryError(f"creating the {kind}: HTTP 404") from None
                 if not isinstance(refused, PermanentError):
                     raise  # temporary: the queue retries with backoff
                 refusal = Verdict(

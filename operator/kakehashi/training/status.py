@@ -66,6 +66,9 @@ class Observed:
     model_retrying: str | None = None
     # The run cannot start: the operator or the API server refused its spec (InvalidSpec).
     refusal: Verdict | None = None
+    # The child cannot be created yet, for a reason that is not the run's (the API server does
+    # not serve its kind): Pending, saying why, while the create is retried.
+    not_created: Verdict | None = None
     # Log tails of failed containers read through the API after the fact. Preferred over the
     # termination message: the kubelet's FallbackToLogsOnError snapshot is taken at exit, when
     # the runtime may not have copied the last stderr lines (the traceback) to the log yet.
@@ -238,6 +241,8 @@ def _progress(facts: _PodFacts, child: Obj) -> Verdict:
 def verdict(run: TrainingRun, observed: Observed, facts: _PodFacts | None = None) -> Verdict:
     if observed.refusal is not None:
         return observed.refusal
+    if observed.not_created is not None:
+        return observed.not_created
     facts = facts or _pod_facts(observed.pods, observed.logs)
     if observed.child is None:
         if observed.child_deleted:
@@ -326,8 +331,9 @@ def compute_status(
     def cond(type_: ConditionType, status: ConditionStatus, reason: str, message: str) -> Condition:
         return condition(prev_conds, type_.value, status, reason, message, generation=gen, now=stamp)
 
-    if observed.refusal is not None:
-        created_cond = cond(ConditionType.CREATED, "False", observed.refusal.reason, observed.refusal.message)
+    blocked = observed.refusal or observed.not_created
+    if blocked is not None:
+        created_cond = cond(ConditionType.CREATED, "False", blocked.reason, blocked.message)
     elif created:
         created_cond = cond(ConditionType.CREATED, "True", f"{kind}Created", f"{kind} {child_name(run)} created")
     else:

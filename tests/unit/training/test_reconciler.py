@@ -439,6 +439,29 @@ def test_a_job_the_api_server_refuses_fails_the_run_naming_the_field_without_a_r
     assert [e[1] for e in events].count("RunFailed") == 1
 
 
+def test_a_kind_the_api_server_does_not_serve_keeps_the_run_pending_and_retries() -> None:
+    kube = FakeKube()
+    # No TFJob CRD (the Kubeflow training operator is not installed yet): the create is a 404.
+    missing = "the server could not find the requested resource"
+    kube.fail["create"] = [api_error(404, missing), api_error(404, missing)]
+    rec, events, _ = make(kube, replicas={"chief": 1, "worker": 2})
+
+    async def scenario() -> None:
+        rec.request(KEY)
+        await settle_until(rec, lambda: kube.creates == 1)
+
+    asyncio.run(scenario())
+    waiting = kube.patches[0]["status"]
+    assert waiting["phase"] == "Pending" and waiting["reason"] == "TFJobNotServed"
+    assert "kubeflow.org/v1 tfjobs" in waiting["message"] and "training operator" in waiting["message"]
+    assert condition(waiting, "Created")["status"] == "False"
+    # Installed: created on a retry, and the run was never failed.
+    assert len(kube.create_calls) == 3 and kube.creates == 1
+    assert status_of(kube)["phase"] == "Pending" and status_of(kube)["jobRef"]["kind"] == "TFJob"
+    assert all(p["status"]["phase"] == "Pending" for p in kube.patches)
+    assert not [e for e in events if e[0] == "Warning"]
+
+
 def test_a_spec_the_operator_cannot_run_fails_through_the_same_status_function() -> None:
     kube = FakeKube()
     rec, _, _ = make(kube, hyperparameters={"layers": {"nested": 1}})
