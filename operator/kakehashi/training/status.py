@@ -309,6 +309,8 @@ def _forward(previous: Phase | None, result: Verdict, observed: Observed) -> Ver
             f"training finished; reading model.json failed temporarily, retrying: {observed.model_retrying}",
         )
     if previous is not None and _RANK[result.phase] < _RANK[previous]:
+        if result.reason == "Starting":  # nothing failed or waits on anything: a new pod
+            return Verdict(previous, "ReplicaRestarting", "a replica is restarting: its new pod has not started yet")
         return Verdict(previous, result.reason, result.message)
     return result
 

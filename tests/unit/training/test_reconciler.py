@@ -505,6 +505,11 @@ def test_the_phase_never_goes_backwards_over_a_replayed_tfjob_history() -> None:
         sync_run_status(kube, indices)
         asyncio.run(rec.reconcile(KEY))
         phases.append(status_of(kube)["phase"])
+        if conditions and conditions[0]["type"] == "Restarting":
+            # The restart is said in the Running condition, not by a phase going back.
+            restarting = condition(status_of(kube), "Running")
+            assert (restarting["status"], restarting["reason"]) == ("True", "ReplicaRestarting")
+            assert "restarting" in restarting["message"]
     order = {"Pending": 0, "Running": 1, "Succeeded": 2, "Failed": 2}
     assert phases[-1] == "Succeeded"
     assert all(order[a] <= order[b] for a, b in itertools.pairwise(phases)), phases
