@@ -123,3 +123,45 @@ def test_image_commands_start_without_the_operator_dependencies() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Usage: " in result.stdout and "MODEL" in result.stdout
+
+
+class _Api:
+    """The one method of kubernetes.client.ApiClient the generic client calls, answering from
+    a table of (method, path) -> status or body."""
+
+    def __init__(self, answers: dict[tuple[str, str], int | dict[str, object]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, str]] = []
+
+    def call_api(self, path: str, method: str, **_: object) -> object:
+        self.calls.append((method, path))
+        answer = self.answers[(method, path)]
+        if isinstance(answer, int):
+            raise _api(answer, f"HTTP {answer}")
+
+        class Response:
+            data = json.dumps(answer).encode()
+
+        return Response()
+
+
+def test_the_client_treats_409_on_create_as_done_and_404_as_gone() -> None:
+    from kakehashi.control.client import Kube
+    from kakehashi.control.resources import JOBS
+
+    job = {"metadata": {"namespace": "team", "name": "digits", "uid": "u1"}}
+    collection, item = JOBS.path("team"), JOBS.path("team", "digits")
+    api = _Api({("POST", collection): 409, ("GET", item): job})
+    assert Kube(api).create(JOBS, job) == (job, False)  # type: ignore[arg-type]
+    assert api.calls == [("POST", collection), ("GET", item)]
+    # Deleted between the 409 and the read: temporary, retried with backoff.
+    vanished = Kube(_Api({("POST", collection): 409, ("GET", item): 404}))  # type: ignore[arg-type]
+    with pytest.raises(TimeoutError):
+        vanished.create(JOBS, job)
+    gone = Kube(_Api({("PATCH", JOBS.path("team", "digits", "status")): 404, ("DELETE", item): 404}))  # type: ignore[arg-type]
+    assert gone.patch_status(JOBS, "team", "digits", {"status": {}}) is None
+    assert gone.delete(JOBS, "team", "digits") is False
+    refused = Kube(_Api({("POST", collection): 422}))  # type: ignore[arg-type]
+    with pytest.raises(ApiException) as info:
+        refused.create(JOBS, job)
+    assert isinstance(classify(info.value), PermanentError)
