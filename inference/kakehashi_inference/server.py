@@ -16,6 +16,7 @@ import binascii
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from kakehashi_inference.errors import (
     InvalidRequest,
     ModelNotReady,
     PayloadTooLarge,
+    UnsupportedMediaType,
     summarize,
 )
 from kakehashi_inference.fetch import Downloader
@@ -138,6 +140,21 @@ class Server:
             self.model_executor.shutdown(wait=False, cancel_futures=True)
         self.cpu_executor.shutdown(wait=False, cancel_futures=True)
 
+    async def read_request(self, request: Request) -> bytes:
+        """The request body within `max_request_bytes`, decompressed when it came with
+        `Content-Encoding: gzip` or `deflate` (what tritonclient's
+        `request_compression_algorithm` sends); decompressing runs on the CPU pool."""
+        limit = self.settings.max_request_bytes
+        body = await read_body(request, limit)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            raise UnsupportedMediaType(
+                f"Content-Encoding {encoding!r}: send the body as is, gzip or deflate"
+            )
+        return await self.run_cpu(decompress, body, encoding, limit)
+
     async def run_cpu(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` on the CPU pool, so the event loop stays free."""
         return await asyncio.get_running_loop().run_in_executor(self.cpu_executor, function, *args)
@@ -211,6 +228,23 @@ async def read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise PayloadTooLarge(f"request body is over the {limit} bytes allowed")
     return bytes(body)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body, never inflated past `limit` bytes (a few KiB of zeros can
+    inflate to gigabytes)."""
+    # 32 + MAX_WBITS reads a gzip or a zlib header, whichever is there: "deflate" in HTTP is
+    # zlib-wrapped, and clients are known to mix the two up.
+    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise InvalidInput(f"the body is not valid {encoding} data ({error})") from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the request body inflates to over the {limit} bytes allowed")
+    if not inflater.eof:
+        raise InvalidInput(f"the {encoding} body is truncated")
+    return data
 
 
 def media_type(request: Request) -> tuple[str, dict[str, str]]:

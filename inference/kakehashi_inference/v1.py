@@ -18,7 +18,7 @@ from kakehashi_inference.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from kakehashi_inference.server import Server, media_type, parse_json, read_body
+from kakehashi_inference.server import Server, media_type, parse_json
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp")
 
@@ -38,7 +38,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
              "unreachable (names the image); fails this request only",
         409: "The model is not an image classifier",
         413: "Request, image, image pixels or image count over the limits (names the limit)",
-        415: "Body is neither JSON nor an image",
+        415: "Body is neither JSON nor an image, or its Content-Encoding is not gzip or deflate",
         422: "JSON that does not fit the request schema, or top_k out of range",
         503: "The model is not loaded yet",
         504: "An image URL did not answer in time",
@@ -69,7 +69,7 @@ def v1_router(server: Server) -> APIRouter:
             raise NotAnImageModel(
                 f"model {model.name!r} is not an image classifier; use /v2/models/{model.name}/infer"
             )
-        body = await read_body(request, server.settings.max_request_bytes)
+        body = await server.read_request(request)
         kind, _ = media_type(request)
         images: list[bytes | ImageInput]
         if kind.startswith("image/"):

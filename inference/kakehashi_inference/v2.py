@@ -7,6 +7,8 @@ served without writing a request format for it. Supported beyond JSON tensors:
   `parameters.binary_data_size` are read from the bytes after the JSON header, and outputs
   asked for with `parameters.binary_data` (or the request's `binary_data_output`) are answered
   the same way; tritonclient sends and asks for binary data by default;
+- request bodies sent with `Content-Encoding: gzip` or `deflate` (tritonclient's
+  `request_compression_algorithm`), inflated within the request size limit;
 - `text/csv` bodies: the rows become one batch. A header row is present only when the request
   says so (`Content-Type: text/csv; header=present`, RFC 4180), and it names each column's
   input when the signature has several.
@@ -45,7 +47,7 @@ from kakehashi_inference.schemas import (
     V2Tensor,
     V2TensorMetadata,
 )
-from kakehashi_inference.server import Server, media_type, parse_json, read_body
+from kakehashi_inference.server import Server, media_type, parse_json
 
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
@@ -131,7 +133,7 @@ def v2_router(server: Server) -> APIRouter:
                  response_model_exclude_none=True, openapi_extra=_INFER_BODY)
     async def infer(name: str, request: Request) -> Response:
         model = model_named(name)
-        body = await read_body(request, server.settings.max_request_bytes)
+        body = await server.read_request(request)
         kind, parameters = media_type(request)
         header_length = request.headers.get(HEADER_LENGTH)
         allow = server.settings.allow_non_finite

@@ -4,8 +4,10 @@ and on the SavedModel (TensorFlow) alike."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -310,3 +312,53 @@ def test_binary_data_that_does_not_fit_is_a_v2_400(tabular: TestClient) -> None:
     headers["Inference-Header-Content-Length"] = "100000"
     response = tabular.post("/v2/models/tabular/infer", content=body, headers=headers)
     assert response.status_code == 400 and set(response.json()) == {"error"}
+
+
+# Found in the audit: tritonclient's request_compression_algorithm ("gzip" or "deflate") sends
+# the body compressed, with Inference-Header-Content-Length counting the uncompressed JSON; the
+# server read the compressed bytes as JSON and answered a misleading 400.
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_binary_requests_are_inflated(tabular: TestClient, encoding: str) -> None:
+    features = np.array([[1, 0, 0, 0], [1, 1, 1, 1]], np.float32)
+    body, headers = _binary_request(
+        {"inputs": [{"name": "features", "shape": [2, 4], "datatype": "FP32",
+                     "parameters": {"binary_data_size": features.nbytes}}]},
+        features.astype("<f4").tobytes(),
+    )
+    compressed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    response = tabular.post("/v2/models/tabular/infer", content=compressed,
+                            headers={**headers, "Content-Encoding": encoding})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == [1.0, 10.0]
+
+
+def test_a_compressed_body_never_inflates_past_the_request_limit(
+    make_client: ClientFactory, tabular_model: LoadedModel
+) -> None:
+    client = make_client(tabular_model, max_request_bytes=1_000_000)
+    bomb = gzip.compress(b"\0" * 50_000_000)  # 49 KB on the wire
+    response = client.post("/v2/models/tabular/infer", content=bomb,
+                           headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": "the request body inflates to over the 1000000 bytes allowed"}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "status", "message"),
+    [
+        ("br", b"{}", 415, "Content-Encoding 'br'"),
+        ("gzip", b'{"inputs": []}', 400, "not valid gzip data"),
+        ("gzip", gzip.compress(b'{"inputs": []}')[:-12], 400, "truncated"),
+    ],
+)
+def test_bodies_in_other_or_broken_encodings_are_refused_v2_shaped(
+    tabular: TestClient, encoding: str, body: bytes, status: int, message: str
+) -> None:
+    response = tabular.post("/v2/models/tabular/infer", content=body,
+                            headers={"Content-Type": "application/json",
+                                     "Content-Encoding": encoding})
+    assert response.status_code == status
+    assert set(response.json()) == {"error"} and message in response.json()["error"]
