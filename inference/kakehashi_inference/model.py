@@ -212,7 +212,15 @@ def _check_manifest(directory: Path, digest: str, allow_mismatch: bool) -> None:
         recorded = json.loads(manifest.read_text()).get("digest")
     except (ValueError, AttributeError):
         raise ModelLoadError(f"{MODEL_MANIFEST} is not a JSON object") from None
-    if recorded and recorded != digest:
+    if not recorded or not isinstance(recorded, str):
+        # The trainer always writes one: a manifest without it proves nothing.
+        if not allow_mismatch:
+            raise ModelLoadError(
+                f"{MODEL_MANIFEST} names no digest, so the model files cannot be proven "
+                "(KAKEHASHI_ALLOW_DIGEST_MISMATCH=true serves them anyway)"
+            )
+        log.warning("model.json names no digest; serving anyway (allowed by setting)")
+    elif recorded != digest:
         if not allow_mismatch:
             raise ModelLoadError(
                 f"the model files digest to {digest}, but {MODEL_MANIFEST} says {recorded}: "

@@ -119,6 +119,20 @@ def test_a_digest_that_does_not_match_model_json_is_never_ready(
         assert client.get("/ready").status_code == 200
 
 
+@pytest.mark.parametrize("manifest", [{"uri": "s3://models/m/"}, {"digest": ""}, {"digest": 7}])
+def test_a_model_json_without_a_digest_is_never_ready(
+    image_model_dir: Path, tmp_path: Path, manifest: dict[str, object]
+) -> None:
+    # Found in the audit: a model.json naming no digest was served without any check.
+    model_dir = _copy(image_model_dir, tmp_path / "model")
+    (model_dir / "model.json").write_text(json.dumps(manifest))
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        wait_loaded(client)
+        ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert "model.json names no digest" in ready.json()["error"]
+
+
 def test_compiled_files_that_differ_from_their_record_are_not_served(
     image_model_dir: Path, tmp_path: Path
 ) -> None:
