@@ -163,6 +163,20 @@ def test_oversized_images_are_one_413_naming_the_limit(
     assert response.json()["image"] == 0
 
 
+def test_the_configured_pixel_limit_is_the_only_one(make_client: ClientFactory) -> None:
+    # Found in the audit: above Pillow's own bomb check (179 Mpx) every image was refused as
+    # over the configured limit, even one under it. A 900 Mpx header under a 1 Gpx limit
+    # passes the check and fails decoding (the header carries no pixels).
+    client = make_client(max_image_pixels=1_000_000_000)
+    response = client.post("/v1/predict",
+                           json={"images": [{"data": b64(_png_header(30000, 30000))}]})
+    assert response.status_code == 400, response.text
+    assert "corrupt or truncated" in response.json()["detail"]
+    over = client.post("/v1/predict", json={"images": [{"data": b64(_png_header(40000, 30000))}]})
+    assert over.status_code == 413
+    assert "40000x30000 pixels, more than the 1000000000 pixels allowed" in over.json()["detail"]
+
+
 def test_one_bad_image_fails_its_request_only_naming_it(client: TestClient) -> None:
     # Hole 10, as the README says: a bad image is a 400 naming images[i]; the other images of
     # that request are not answered, and requests batched beside it never fail.
