@@ -198,33 +198,69 @@ def test_cli_help_lists_every_setting_with_its_env_and_real_default() -> None:
     assert "KAKEHASHI_MAX_BATCH_SIZE; default 16]" in help_text
 
 
-@pytest.mark.slow
-def test_kakehashi_serve_answers_over_real_http(image_model_dir: Path) -> None:
+def _serve(model_dir: Path, output: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`kakehashi-serve` on `model_dir` in its own process, once it is ready; and its URL.
+    Its stdout and stderr go to `output` (a pipe nobody reads while it starts could fill)."""
     port = free_port()
     command = [sys.executable, "-c", "from kakehashi_inference.cli import main; main()",
-               "--model-dir", str(image_model_dir), "--model-name", "tiny",
-               "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", "4"]
+               "--model-dir", str(model_dir), "--model-name", "tiny",
+               "--host", "127.0.0.1", "--port", str(port), *flags]
     env: dict[str, Any] = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with output.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(output.read_text())
+        try:
+            if httpx.get(f"{base}/ready").status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"kakehashi-serve did not turn ready in 300 s:\n{output.read_text()}")
+
+
+def _stop(process: subprocess.Popen[bytes], output: Path) -> str:
+    process.terminate()
+    process.wait(timeout=30)
+    return output.read_text()
+
+
+@pytest.mark.slow
+def test_kakehashi_serve_answers_over_real_http(image_model_dir: Path, tmp_path: Path) -> None:
+    process, base = _serve(image_model_dir, tmp_path / "log", "--max-batch-size", "4")
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
         response = httpx.post(f"{base}/v1/predict?top_k=2", content=jpeg(),
                               headers={"Content-Type": "image/jpeg"})
         assert response.status_code == 200, response.text
         assert len(response.json()["images"][0]["predictions"]) == 2
     finally:
-        process.terminate()
-        output = process.communicate(timeout=30)[0].decode()
+        output = _stop(process, tmp_path / "log")
     assert '"message": "Loaded model"' in output  # structured JSON log lines
+
+
+@pytest.mark.slow
+def test_the_full_images_savedmodel_path_logs_nothing_alarming_on_cpu(
+    image_model_dir: Path, tmp_path: Path
+) -> None:
+    # Hole 11 end to end: the server on the SavedModel (TensorFlow, the full image's fallback),
+    # on this node without a GPU. The CUDA build logs `E0000 ... failed call to cuInit` at
+    # error level when TensorFlow looks for GPUs; nothing the server logs may be an error.
+    process, base = _serve(image_model_dir, tmp_path / "log", "--runtime", "savedmodel")
+    try:
+        assert httpx.get(f"{base}/ready").json()["runtime"] == "savedmodel"
+        response = httpx.post(f"{base}/v1/predict", content=jpeg(),
+                              headers={"Content-Type": "image/jpeg"})
+        assert response.status_code == 200, response.text
+    finally:
+        output = _stop(process, tmp_path / "log")
+    assert '"message": "Loaded model"' in output
+    assert "cuInit" not in output and "cuda" not in output.lower(), output[-3000:]
+    assert not re.search(r"^E\d{4} ", output, re.M), output[-3000:]
+    assert '"level": "error"' not in output, output[-3000:]
 
 
 def _imports(module: str) -> set[str]:
