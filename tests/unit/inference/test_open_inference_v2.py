@@ -246,6 +246,17 @@ def test_json_tensor_values_out_of_range_are_refused(tabular: TestClient) -> Non
     assert "too large for FP32" in response.json()["error"]
 
 
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_json_nan_and_infinity_literals_are_refused(tabular: TestClient, literal: bytes) -> None:
+    # Python's json.dumps writes NaN and Infinity, and the JSON parser reads them as floats.
+    body = (b'{"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32", '
+            b'"data": [1, 2, 3, ' + literal + b"]}]}")
+    response = tabular.post("/v2/models/tabular/infer", content=body,
+                            headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "value 3 is nan, inf or too large for FP32" in response.json()["error"]
+
+
 def _binary_request(header: dict[str, object], data: bytes) -> tuple[bytes, dict[str, str]]:
     """A request as tritonclient sends it: JSON header, then the raw tensor bytes."""
     encoded = json.dumps(header).encode()

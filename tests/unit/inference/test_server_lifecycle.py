@@ -146,6 +146,26 @@ def test_compiled_files_that_differ_from_their_record_are_not_served(
     assert "does not match its recorded sha256" in ready.json()["error"]
 
 
+def test_a_compiled_form_made_from_other_model_files_is_not_served(
+    image_model_dir: Path, tmp_path: Path
+) -> None:
+    # The compiled record names the digest of the files it was compiled from: a model whose
+    # files changed after the compile (here its labels) is not served on the old compiled form.
+    model_dir = _copy(image_model_dir, tmp_path / "model")
+    labels = json.loads((model_dir / "labels.json").read_text())
+    (model_dir / "labels.json").write_text(json.dumps(labels[::-1]))
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        wait_loaded(client)
+        ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert "the compiled model cannot be served: compiled from sha256:" in ready.json()["error"]
+    assert "compile again" in ready.json()["error"]
+    allowed = Settings(model_dir=model_dir, allow_digest_mismatch=True)
+    with TestClient(create_app(allowed)) as client:
+        wait_loaded(client)
+        assert client.get("/ready").json()["runtime"] == "savedmodel"  # never the stale form
+
+
 def test_a_model_json_that_matches_is_served_with_its_digest(
     image_model_dir: Path, image_model: LoadedModel, tmp_path: Path
 ) -> None:
