@@ -359,6 +359,6 @@ def _run_with_progress(cmd: list[str], what: str, progress: Callable[[str], None
 def release_build_mounts() -> None:
     """buildah's overlay storage keeps a private bind mount of its own directory: undone
     at `dev down` (the storage itself is a cache, kept)."""
-    from kakehashi.dev.node import _unmount_under
+    from kakehashi.dev.node import unmount_under
 
-    _unmount_under(cache_dir() / "containers", BUILDAH_RUNROOT)
+    unmount_under(cache_dir() / "containers", BUILDAH_RUNROOT)

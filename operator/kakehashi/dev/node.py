@@ -13,8 +13,8 @@ reaches the API server on loopback) and talks to its containerd through a unix s
     10.213.255.1/32 on lo: MinIO, registry       pods <pod CIDR>
 
 Pods reach the host's services at `SERVICES_ADDRESS` by plain routing (no NAT), and the host
-reaches pods (probes, tests) through its route to each pod CIDR. Host changes are recorded in
-`host.json` before they are made and undone by `teardown()` and `restore_host()`.
+reaches pods (probes, tests) through its route to each pod CIDR. `teardown()` undoes what one
+node made; what the nodes change on the host beyond that is recorded and restored by `host.py`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ SELECTOR = {NODE_LABEL: "real"}
 RUN_ROOT = Path("/run/kakehashi")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CNI_CACHE_DIR = Path("/var/lib/cni")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+"""Where every kubelet links each container's log (a fixed path; the logs are in our dirs)."""
 # What the kubelet sets at start (setupKernelTunables); restored by `dev down`.
 KUBELET_SYSCTLS = ("vm.overcommit_memory", "vm.panic_on_oom", "kernel.panic",
                    "kernel.panic_on_oops", "kernel.keys.root_maxkeys",
@@ -117,56 +119,30 @@ def _cgroup_dirs(relative: str, *, unified: bool = False) -> list[Path]:
     return [h / relative.lstrip("/") for h in hierarchies]
 
 
-# --- host state: recorded before it changes, restored at `down` -----------------------------
+# --- host state (recorded and restored by host.py) ------------------------------------------
 
-def _sysctl_path(name: str) -> Path:
-    return Path("/proc/sys") / name.replace(".", "/")
-
-
-def _has_services_address() -> bool:
+def has_services_address() -> bool:
     out = subprocess.run(["ip", "-o", "-4", "addr", "show", "dev", "lo"], capture_output=True,
                          text=True).stdout
     return f" {SERVICES_ADDRESS}/32 " in out
 
 
-def record_host(layout: Layout) -> None:
-    """Write what the real nodes will change on the host, once (a later `up` after a crash
-    must not record the changed values as the originals)."""
-    path = layout.root / "host.json"
-    if path.exists():
-        return
-    sysctls = {name: _sysctl_path(name).read_text().strip() for name in KUBELET_SYSCTLS
-               if _sysctl_path(name).exists()}
-    record = {"sysctls": sysctls, "services_address_added": not _has_services_address(),
-              "cni_cache_existed": CNI_CACHE_DIR.exists(), "run_root_existed": RUN_ROOT.exists()}
-    layout.root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
-
-
 def ensure_services_address() -> None:
-    if not _has_services_address():
+    if not has_services_address():
         _run("ip", "addr", "add", f"{SERVICES_ADDRESS}/32", "dev", "lo")
 
 
-def restore_host(layout: Layout, progress: Progress) -> None:
-    """Undo what `record_host` noted, after every node is torn down."""
-    path = layout.root / "host.json"
-    if not path.exists():
+def remove_container_log_links(under: Path) -> None:
+    """Remove the kubelet's links in /var/log/containers that point below `under` (left
+    dangling once a node's pod logs are deleted)."""
+    if not CONTAINER_LOG_LINKS.is_dir():
         return
-    record = json.loads(path.read_text())
-    for name, value in record["sysctls"].items():
-        current = _sysctl_path(name).read_text().strip()
-        if current != value:
-            progress(f"Restoring sysctl {name} = {value} (was {current})")
-            _sysctl_path(name).write_text(value)
-    if record["services_address_added"] and _has_services_address():
-        _run("ip", "addr", "del", f"{SERVICES_ADDRESS}/32", "dev", "lo")
-    if not record["cni_cache_existed"]:
-        shutil.rmtree(CNI_CACHE_DIR, ignore_errors=True)
-    _unmount_under(RUN_ROOT)
-    if not record["run_root_existed"]:
-        shutil.rmtree(RUN_ROOT, ignore_errors=True)
-    path.unlink()
+    for link in CONTAINER_LOG_LINKS.iterdir():
+        try:
+            if link.is_symlink() and Path(os.readlink(link)).is_relative_to(under):
+                link.unlink()
+        except OSError:
+            continue
 
 
 def _run(*cmd: str) -> str:
@@ -178,7 +154,7 @@ def _run(*cmd: str) -> str:
 
 # --- mounts ---------------------------------------------------------------------------------
 
-def _mount_points() -> list[Path]:
+def mount_points() -> list[Path]:
     points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         field = line.split()[4]
@@ -186,10 +162,10 @@ def _mount_points() -> list[Path]:
     return points
 
 
-def _unmount_under(*roots: Path) -> None:
+def unmount_under(*roots: Path) -> None:
     """Unmount everything at or below `roots`, deepest first."""
     for _ in range(5):
-        inside = sorted({p for p in _mount_points()
+        inside = sorted({p for p in mount_points()
                          if any(p == r or r in p.parents for r in roots)},
                         key=lambda p: len(p.parts), reverse=True)
         if not inside:
@@ -290,6 +266,8 @@ class RealNode:
             args=[f"--config={self.dir / 'kubelet.yaml'}",
                   f"--kubeconfig={self.layout.kubeconfig(self.cluster)}",
                   f"--root-dir={self.kubelet_root}",
+                  # Its self-signed serving certificate; the default is /var/lib/kubelet/pki.
+                  f"--cert-dir={self.dir / 'pki'}",
                   f"--hostname-override={self.name}",
                   f"--node-ip={self.host_ip}",
                   f"--node-labels={NODE_LABEL}=real"],
@@ -344,7 +322,7 @@ class RealNode:
 
     def _network(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if RUN_ROOT not in _mount_points():
+        if RUN_ROOT not in mount_points():
             # A namespace's bind mount needs a parent that does not propagate (systemd makes
             # / shared): a private mount of our own, as `ip netns` does for /run/netns.
             _run("mount", "--bind", str(RUN_ROOT), str(RUN_ROOT))
@@ -362,9 +340,10 @@ class RealNode:
         _run(*inside, "ip", "link", "set", "eth0", "up")
         _run(*inside, "ip", "link", "set", "lo", "up")
         _run(*inside, "ip", "route", "add", "default", "via", self.host_ip)
-        # Per network namespace: these change nothing on the host.
+        # Per network namespace (bridge-nf-call-* since Linux 5.3): written inside the node's,
+        # they change nothing on the host, whose values host.py records and compares anyway.
         for name in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"):
-            path = _sysctl_path(name)
+            path = Path("/proc/sys", *name.split("."))
             _run(*inside, "sh", "-c", f"test ! -e {path} || echo 1 > {path}")
         _run("ip", "route", "add", self.pod_cidr, "via", self.node_ip, "dev", self.host_if)
 
@@ -381,7 +360,7 @@ class RealNode:
         """A shared bind mount, before containerd's mount namespace is made, so the volumes
         the kubelet mounts later propagate into it."""
         self.kubelet_root.mkdir(parents=True, exist_ok=True)
-        if self.kubelet_root not in _mount_points():
+        if self.kubelet_root not in mount_points():
             _run("mount", "--bind", str(self.kubelet_root), str(self.kubelet_root))
             _run("mount", "--make-rshared", str(self.kubelet_root))
 
@@ -438,6 +417,11 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
 [ttrpc]
   address = "{self.socket}.ttrpc"
 
+# The shims' sockets and runc's state default to /run/containerd, on the host and shared by
+# both nodes: under this node's run directory, they go with it.
+[plugins."io.containerd.shim.v1.manager"]
+  socket_dir = "{self.run_dir / 's'}"
+
 [plugins."io.containerd.cri.v1.images"]
   snapshotter = "overlayfs"
   [plugins."io.containerd.cri.v1.images".pinned_images]
@@ -456,6 +440,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "{shutil.which('runc') or 'runc'}"
+        Root = "{self.run_dir / 'runc'}"
         SystemdCgroup = false
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{CNI_BIN_DIR}"]
@@ -535,7 +520,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
 
     def _netns_inode(self) -> int | None:
         try:
-            if self.netns not in _mount_points():
+            if self.netns not in mount_points():
                 return None
             return os.stat(self.netns).st_ino
         except OSError:
@@ -579,7 +564,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
             progress(f"Processes of {self.name} still alive after SIGKILL: {sorted(pids)}")
         for service in self.services():
             service.pid_file.unlink(missing_ok=True)
-        _unmount_under(self.kubelet_root, self.dir, self.run_dir)
+        unmount_under(self.kubelet_root, self.dir, self.run_dir)
+        remove_container_log_links(self.dir)
         if subprocess.run(["ip", "link", "show", self.host_if], capture_output=True).returncode == 0:
             subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
         for directory in _cgroup_dirs(self.cgroup_root, unified=True):

@@ -21,7 +21,16 @@ from pathlib import Path
 import yaml
 
 from kakehashi.control.client import api_client
-from kakehashi.dev import clusters, gateway, images, node, storage, tools, training_operator
+from kakehashi.dev import (
+    clusters,
+    gateway,
+    host,
+    images,
+    node,
+    storage,
+    tools,
+    training_operator,
+)
 from kakehashi.dev.clusters import cluster_pids, restart_component, wait_crd_established
 from kakehashi.dev.environment import (
     CLUSTERS,
@@ -81,7 +90,9 @@ def build_images(names: list[str], progress: Progress = _silent) -> dict[str, st
         if not env.real_nodes:
             raise RuntimeError("no real nodes here, so no local images: "
                                f"{env.no_real_nodes_reason}")
-        built = images.build_images(env.registry, names, progress)
+        # buildah, too, writes on the host (a module it loads, say): recorded for `down`.
+        with host.changes_recorded(Layout.load(create=False)):
+            built = images.build_images(env.registry, names, progress)
         env.images.update(built)
         env.save()
         return built
@@ -126,10 +137,19 @@ def _up(progress: Progress) -> DevEnvironment:
         progress(f"No real nodes on this machine ({reason}): kwok nodes only")
     binaries = tools.ensure_all(progress, real_nodes=real)
     _link_binaries(layout, binaries)
-    host = _services_host(real)
-    if real:
-        node.record_host(layout)
+    if not real:
+        return _start(layout, binaries, reason or "", progress)
+    host.record(layout)
+    with host.changes_recorded(layout):
         node.ensure_services_address()
+        return _start(layout, binaries, "", progress)
+
+
+def _start(layout: Layout, binaries: dict[str, Path], no_real_nodes_reason: str,
+           progress: Progress) -> DevEnvironment:
+    """Start whatever is not running yet; with real nodes when there is no reason against."""
+    real = not no_real_nodes_reason
+    services_host = _services_host(real)
     restarted = set()
     for cluster in CLUSTERS:
         started_at = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
@@ -138,22 +158,22 @@ def _up(progress: Progress) -> DevEnvironment:
         clusters.ensure_fake_nodes(layout, cluster,
                                    started_at if cluster in restarted else None)
     progress("Starting MinIO and the registry")
-    storage.minio_service(layout, binaries, host).start()
-    storage.write_registry_config(layout, host)
-    storage.registry_service(layout, binaries, host).start()
-    registry = f"{host}:{layout.ports['registry']}"
+    storage.minio_service(layout, binaries, services_host).start()
+    storage.write_registry_config(layout, services_host)
+    storage.registry_service(layout, binaries, services_host).start()
+    registry = f"{services_host}:{layout.ports['registry']}"
     env = DevEnvironment(
         learning=ClusterEndpoint(name="learning", kubeconfig=layout.kubeconfig("learning"),
                                  server=_server(layout.kubeconfig("learning"))),
         production=ClusterEndpoint(name="production",
                                    kubeconfig=layout.kubeconfig("production"),
                                    server=_server(layout.kubeconfig("production"))),
-        s3=S3Endpoint(endpoint=f"http://{host}:{layout.ports['minio']}",
+        s3=S3Endpoint(endpoint=f"http://{services_host}:{layout.ports['minio']}",
                       access_key=storage.S3_ACCESS_KEY, secret_key=storage.S3_SECRET_KEY),
         registry=registry,
         bin_dir=layout.bin_dir,
         real_nodes=real,
-        no_real_nodes_reason=reason or "",
+        no_real_nodes_reason=no_real_nodes_reason,
     )
     storage.ensure_bucket(env)
     if real:
@@ -232,8 +252,8 @@ def _nodes(layout: Layout, binaries: dict[str, Path]) -> list[node.RealNode]:
     if not _real(layout) or not all(name in binaries for name in
                                     ("containerd", "kubelet", "kube-proxy")):
         return []
-    host = _services_host(True)
-    return [node.RealNode(cluster, layout, binaries, f"{host}:{layout.ports['registry']}")
+    registry = f"{_services_host(True)}:{layout.ports['registry']}"
+    return [node.RealNode(cluster, layout, binaries, registry)
             for cluster in CLUSTERS]
 
 
@@ -245,9 +265,9 @@ def _services(layout: Layout, binaries: dict[str, Path]) -> list[Service]:
     """The shared processes started directly (not by kwokctl), in start order."""
     if not all(name in binaries for name in ("minio", "registry", "training-operator")):
         return []  # never built, so never started
-    host = _services_host(_real(layout))
-    services = [storage.minio_service(layout, binaries, host),
-                storage.registry_service(layout, binaries, host),
+    services_host = _services_host(_real(layout))
+    services = [storage.minio_service(layout, binaries, services_host),
+                storage.registry_service(layout, binaries, services_host),
                 training_operator.service(layout, binaries)]
     if _real(layout) and "traefik" in binaries:
         services.append(gateway.service(layout, binaries))
@@ -308,7 +328,7 @@ def _down(progress: Progress) -> None:
             if pid is not None:
                 terminate(pid)
     images.release_build_mounts()
-    node.restore_host(layout, progress)
+    host.restore(layout, progress)
     shutil.rmtree(layout.root, ignore_errors=True)
     # The training-operator's certificate rotator writes its serving certs to a fixed path.
     shutil.rmtree(training_operator.WEBHOOK_CERT_DIR, ignore_errors=True)

@@ -50,6 +50,17 @@ def test_containerd_config_keeps_each_node_to_its_own_paths(tmp_path: Path) -> N
     assert "io.containerd.nri.v1.nri" in text  # disabled: its socket path is fixed
     assert "/var/lib/containerd" not in text and "/etc/cni" not in text
     assert f'stream_server_address = "{real.node_ip}"' in text
+    # Shim sockets and runc state default to /run/containerd, shared and left behind.
+    settings = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert "/run/containerd" not in settings
+    assert f'socket_dir = "{real.run_dir}/s"' in text
+    assert f'Root = "{real.run_dir}/runc"' in text
+    assert len(f"{_node(tmp_path, 'production').run_dir}/s") <= 42  # containerd's limit
+
+
+def test_kubelet_keeps_its_certificate_in_the_nodes_directory(tmp_path: Path) -> None:
+    real = _node(tmp_path)
+    assert f"--cert-dir={real.dir / 'pki'}" in real.kubelet().args  # not /var/lib/kubelet/pki
 
 
 def test_node_kubeconfig_reaches_the_api_server_through_the_veth(tmp_path: Path) -> None:
