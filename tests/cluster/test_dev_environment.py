@@ -231,8 +231,6 @@ def _api(kubeconfig: Path) -> Any:
 
 def _host_state() -> dict[str, Any]:
     """What the real nodes change on the host, as seen from the host."""
-    import os
-
     from kakehashi.dev import node
 
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -249,32 +247,82 @@ def _host_state() -> dict[str, Any]:
         "mounts": [line.split()[4] for line in mounts.splitlines()
                    if "kakehashi" in line.split()[4]],
         "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kakehashi-*")),
-        "run_dir": os.path.exists(node.RUN_ROOT),
+    }
+
+
+def _processes_naming(*paths: Path) -> list[str]:
+    """Processes whose command line names one of `paths`: every process the environment
+    starts does (its data, config or socket), containerd's shims included."""
+    import os
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except OSError:
+            continue
+        if any(str(path) in cmdline for path in paths):
+            found.append(f"{proc.name}: {cmdline[:160]}")
+    return found
+
+
+def _differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Where the host after `dev down` differs from the host before the first `dev up`."""
+    sysctls = {name: f"{value} before, {after['sysctls'][name]} after"
+               for name, value in before["sysctls"].items()
+               if name in after["sysctls"] and after["sysctls"][name] != value}
+    added = {key: sorted(set(after[key]) - set(before[key]))
+             for key in ("modules", "links", "mounts", "cgroups")}
+    return {
+        "sysctls": sysctls,
+        **{f"{key} added": value for key, value in added.items()},
+        "iptables": sorted(set(before["iptables"]) ^ set(after["iptables"])),
+        "paths": {path: f"{existed} before, {after['paths'][path]} after"
+                  for path, existed in before["paths"].items()
+                  if after["paths"][path] != existed},
     }
 
 
 @pytest.mark.teardown_env
 def test_dev_down_leaves_no_process_and_restores_the_host(dev_env: DevEnvironment) -> None:
-    from kakehashi.dev import stack
+    from kakehashi.dev import host, node, stack
     from kakehashi.dev.environment import state_dir
     from kakehashi.dev.processes import pid_alive
 
     pids = stack.started_pids()
     assert len(pids) >= 13  # 2 x (etcd, apiserver, kcm, scheduler, kwok) + minio, registry, TO
-    recorded = state_dir() / "host.json"
-    sysctls = json.loads(recorded.read_text())["sysctls"] if recorded.exists() else {}
+    before: dict[str, Any] = {}
     if dev_env.real_nodes:
+        recorded = json.loads((state_dir() / "host.json").read_text())
+        assert "before" in recorded, (
+            "host.json has no snapshot of the host before the first `dev up` (the environment "
+            "was brought up by older code): nothing to compare the host after `down` with")
+        before = recorded["before"]
+        # The values the kubelet and the nodes' networking would change were noted.
+        for name in ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops",
+                     "net.ipv4.ip_forward"):
+            assert name in before["sysctls"], name
         assert len(pids) >= 19  # + containerd, kubelet, kube-proxy per cluster
         during = _host_state()
         assert during["interfaces"] and during["services_address"] and during["mounts"]
+        if before["sysctls"]["vm.overcommit_memory"] != "1":
+            # The kubelet's change is there while the nodes run: `down` has one to undo.
+            assert host.read_sysctls()["vm.overcommit_memory"] == "1"
     result = subprocess.run(["kakehashi", "dev", "down"], capture_output=True, text=True,
                             env=_env_with_venv(), timeout=300)
     assert result.returncode == 0, result.stderr
     assert [pid for pid in pids if pid_alive(pid)] == []
+    assert _processes_naming(state_dir(), node.RUN_ROOT) == []
     assert not DevEnvironment.path().exists()
     assert _host_state() == {"interfaces": [], "services_address": False, "kube_chains": [],
-                             "mounts": [], "cgroups": [], "run_dir": False}
-    for name, value in sysctls.items():
-        path = Path("/proc/sys") / name.replace(".", "/")
-        assert path.read_text().strip() == value, name
-    # No process is left in any cgroup or network namespace of the nodes: they are gone.
+                             "mounts": [], "cgroups": []}
+    if before:
+        # Every writable sysctl (a difference may also be another user's change of the
+        # machine meanwhile: the message names it), module, link, mount, cgroup, iptables
+        # rule and fixed host path is as the first `up` found it.
+        assert _differences(before, host.snapshot()) == {
+            "sysctls": {}, "modules added": [], "links added": [], "mounts added": [],
+            "cgroups added": [], "iptables": [], "paths": {}}

@@ -5,18 +5,24 @@ the TrainingRun operator reading what the real kubelet reports."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 from tiny_models import tiny_savedmodel
 from trainingruns import Runs, wait_for
 
+from kakehashi.dev import images
 from kakehashi.dev import node as real_node
 from kakehashi.dev.environment import DevEnvironment
+from kakehashi.dev.layout import Layout
 
 ON_REAL_NODE = {"nodeSelector": real_node.SELECTOR, "tolerations": [real_node.TOLERATION]}
 
@@ -132,6 +138,26 @@ def test_pod_reads_an_object_from_minio(learning: Any, namespace: str, s3: Any,
     assert (pod.status.phase, log.strip()) == ("Succeeded", "weights from minio")
 
 
+def test_unchanged_images_are_not_rebuilt(dev_env: DevEnvironment) -> None:
+    """`kakehashi dev images` finds each image its Dockerfile and context would make already
+    in the registry, under the tag their content hash gives, and builds nothing."""
+    base = {images.BASE_ARG: dev_env.images["base"]}
+    for name in images.DEFAULT_IMAGES:
+        key = images.content_key(images.PROJECT_IMAGES[name], base)
+        # Checked first, so that a context changed since `dev up` fails here at once instead
+        # of rebuilding (which is what it should do then).
+        assert dev_env.images[name].endswith(f":{key}"), (name, dev_env.images[name], key)
+    result = subprocess.run(["kakehashi", "dev", "images"], capture_output=True, text=True,
+                            env={**os.environ,
+                                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in images.DEFAULT_IMAGES:
+        assert f"Image {name}: {dev_env.images[name]} unchanged, in the registry" in \
+            result.stderr, result.stderr
+    assert "building" not in result.stderr and "pushed" not in result.stderr, result.stderr
+
+
 # --- TrainingRuns on the real node: what the real kubelet reports, in the run's status ----
 
 @pytest.fixture
@@ -190,7 +216,8 @@ def test_serving_image_with_a_baked_model_is_available_behind_a_service(
         tmp_path: Path) -> None:
     """The serving image built from inference/Dockerfile, a model baked onto it (compiled,
     one layer), deployed on the production real node: the Deployment becomes Available on
-    its readiness probe and a client pod gets /ready through the Service's ClusterIP."""
+    its readiness probe, a client pod gets /ready through the Service's ClusterIP and the host
+    through its NodePort (kube-proxy both)."""
     pytest.importorskip("tensorflow")
     from kakehashi.bake.bake import bake
 
@@ -215,7 +242,8 @@ def test_serving_image_with_a_baked_model_is_available_behind_a_service(
     })
     core.create_namespaced_service(production_namespace, {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "scorer"},
-        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        "spec": {"type": "NodePort", "selector": labels,
+                 "ports": [{"port": 80, "targetPort": 8080}]},
     })
 
     def available() -> bool:
@@ -226,6 +254,8 @@ def test_serving_image_with_a_baked_model_is_available_behind_a_service(
     wait_for(available, timeout=300, what="the serving Deployment Available")
     [pod] = core.list_namespaced_pod(production_namespace, label_selector="app=scorer").items
     assert pod.spec.node_name == "production-real"
+    # Pulled by containerd over plain HTTP from the local registry, as pushed (by digest).
+    assert pod.status.container_statuses[0].image_id.endswith(baked.digest)
     cluster_ip = core.read_namespaced_service("scorer", production_namespace).spec.cluster_ip
     core.create_namespaced_pod(production_namespace, _pod("client", dev_env.images["base"], [
         "python", "-c", "import sys, urllib.request; "
@@ -238,3 +268,10 @@ def test_serving_image_with_a_baked_model_is_available_behind_a_service(
     assert finished.status.phase == "Succeeded", answer
     ready = json.loads(answer)
     assert (ready["status"], ready["model"]) == ("ready", "scorer"), ready
+    # And through the node's NodePort, from outside the cluster (the host).
+    service = core.read_namespaced_service("scorer", production_namespace)
+    node_ip = real_node.RealNode("production", Layout.load(create=False), {},
+                                 dev_env.registry).node_ip
+    answer = httpx.get(f"http://{node_ip}:{service.spec.ports[0].node_port}/ready",
+                       timeout=10)
+    assert (answer.status_code, answer.json()["model"]) == (200, "scorer"), answer.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -77,6 +78,19 @@ def test_node_kubeconfig_reaches_the_api_server_through_the_veth(tmp_path: Path)
 def test_real_nodes_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAKEHASHI_REAL_NODES", "0")
     assert node.unavailable_reason() == "KAKEHASHI_REAL_NODES=0"
+
+
+def test_a_machine_without_runc_and_iptables_says_so_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAKEHASHI_REAL_NODES", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # none of the node's tools on it
+    reason = node.unavailable_reason()
+    if os.geteuid() != 0:
+        assert reason is not None and reason.startswith("not root")
+        return
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith("missing runc, iptables, ip, nsenter, unshare, mount, umount")
+    assert reason.endswith("(scripts/bootstrap.sh installs them)")
 
 
 def test_kwok_only_machines_skip_the_real_nodes_tools() -> None:
