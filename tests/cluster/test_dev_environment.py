@@ -276,6 +276,7 @@ def _differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
                if name in after["sysctls"] and after["sysctls"][name] != value}
     added = {key: sorted(set(after[key]) - set(before[key]))
              for key in ("modules", "links", "mounts", "cgroups")}
+    added["mounts"] = [point for point in added["mounts"] if not _someone_elses(Path(point))]
     return {
         "sysctls": sysctls,
         **{f"{key} added": value for key, value in added.items()},
@@ -284,6 +285,18 @@ def _differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
                   for path, existed in before["paths"].items()
                   if after["paths"][path] != existed},
     }
+
+
+def _someone_elses(mount_point: Path) -> bool:
+    """A mount in the temporary directory outside the environment's own: another user's of
+    this shared machine (buildah keeps its storage bind-mounted after it exits)."""
+    import tempfile
+
+    from kakehashi.dev.environment import cache_dir, state_dir
+
+    ours = (state_dir(), cache_dir())
+    return mount_point.is_relative_to(tempfile.gettempdir()) and not any(
+        mount_point.is_relative_to(path) for path in ours)
 
 
 @pytest.mark.teardown_env
