@@ -281,22 +281,22 @@ def _differences(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
         "sysctls": sysctls,
         **{f"{key} added": value for key, value in added.items()},
         "iptables": sorted(set(before["iptables"]) ^ set(after["iptables"])),
-        "paths": {path: f"{existed} before, {after['paths'][path]} after"
-                  for path, existed in before["paths"].items()
-                  if after["paths"][path] != existed},
+        # A directory's entries, or whether a file exists: shown where they differ.
+        "paths": {path: f"{held} before, {after['paths'][path]} after"
+                  for path, held in before["paths"].items()
+                  if after["paths"][path] != held},
     }
 
 
 def _someone_elses(mount_point: Path) -> bool:
-    """A mount in the temporary directory outside the environment's own: another user's of
-    this shared machine (buildah keeps its storage bind-mounted after it exits)."""
-    import tempfile
-
+    """A mount outside every place the environment mounts (its dev home and cache, the nodes'
+    run directory, the fixed host paths, named network namespaces): another user's of this
+    shared machine, such as the storage buildah keeps bind-mounted after it exits."""
+    from kakehashi.dev import host, node
     from kakehashi.dev.environment import cache_dir, state_dir
 
-    ours = (state_dir(), cache_dir())
-    return mount_point.is_relative_to(tempfile.gettempdir()) and not any(
-        mount_point.is_relative_to(path) for path in ours)
+    ours = (state_dir(), cache_dir(), node.RUN_ROOT, Path("/run/netns"), *host.HOST_PATHS)
+    return not any(mount_point.is_relative_to(path) for path in ours)
 
 
 @pytest.mark.teardown_env

@@ -4,8 +4,8 @@ by `dev up` before it changes, restored by `dev down`.
 `host.json` in the dev home holds:
 
 - `before`: the host as the first `up` found it (every writable sysctl, the loaded kernel
-  modules, network links, iptables rules, mount points, top-level cgroups, and which of
-  `HOST_PATHS` existed), so that `down`'s test can compare the host after `down` with it;
+  modules, network links, iptables rules, mount points, top-level cgroups, and what each of
+  `HOST_PATHS` held), so that `down`'s test can compare the host after `down` with it;
 - `sysctls`: every sysctl the environment changed, with its earlier value: those the kubelet
   sets at start (`node.KUBELET_SYSCTLS`, noted before any kubelet runs) and any other that
   changed while an `up` or `dev images` ran;
@@ -63,8 +63,11 @@ HOST_PATHS = (
     Path("/run/xtables.lock"),
     # The nodes' sockets, network namespaces, runc and shim state; buildah's runroot.
     node.RUN_ROOT,
-    # containerd's and runc's defaults, moved under RUN_ROOT by the nodes' configuration.
+    # containerd's shim sockets and runc's state by default, moved under RUN_ROOT by the
+    # nodes' configuration: listed so that anything left there again shows.
     Path("/run/containerd"),
+    Path("/run/containerd/s"),
+    Path("/run/containerd/runc/k8s.io"),
 )
 
 
@@ -129,6 +132,17 @@ def _cgroups() -> list[str]:
                   if child.is_dir())
 
 
+def _entries(path: Path) -> list[str] | bool:
+    """A directory's entries (so that something left inside one that was already there
+    shows), or whether the file exists."""
+    if path.is_dir() and not path.is_symlink():
+        try:
+            return sorted(os.listdir(path))
+        except OSError:
+            return True
+    return path.exists() or path.is_symlink()
+
+
 def snapshot() -> dict[str, Any]:
     """What the host looks like now, in the terms `down` promises to restore."""
     return {
@@ -138,7 +152,7 @@ def snapshot() -> dict[str, Any]:
         "iptables": _iptables_rules(),
         "mounts": sorted(set(str(p) for p in node.mount_points())),
         "cgroups": _cgroups(),
-        "paths": {str(path): path.exists() or path.is_symlink() for path in HOST_PATHS},
+        "paths": {str(path): _entries(path) for path in HOST_PATHS},
     }
 
 
@@ -257,7 +271,7 @@ def _paths_before(record_: dict[str, Any]) -> dict[str, bool]:
     full snapshot knew only two of them (the others are taken as existing: left alone)."""
     before = record_.get("before")
     if before is not None:
-        paths: dict[str, bool] = before["paths"]
-        return paths
+        # A directory's entries (a list, maybe empty) or whether the file was there.
+        return {path: entries is not False for path, entries in before["paths"].items()}
     return {str(node.CNI_CACHE_DIR): record_.get("cni_cache_existed", True),
             str(node.RUN_ROOT): record_.get("run_root_existed", True)}

@@ -110,6 +110,13 @@ def test_paths_created_since_the_first_up_are_removed_and_earlier_ones_kept(
     assert not plugins.exists() and not cni.exists()
 
 
+def test_what_a_host_path_held_tells_whether_it_existed() -> None:
+    record = {"before": {"paths": {"/var/lib/cni": False, "/var/log/containers": [],
+                                   "/run/containerd/s": ["x"], "/run/xtables.lock": True}}}
+    assert host._paths_before(record) == {"/var/lib/cni": False, "/var/log/containers": True,
+                                          "/run/containerd/s": True, "/run/xtables.lock": True}
+
+
 def test_a_host_record_of_older_code_removes_only_what_it_knew(tmp_path: Path) -> None:
     older = {"cni_cache_existed": False, "run_root_existed": True}
     existed = host._paths_before(older)
