@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -34,36 +35,77 @@ log = logging.getLogger("kakehashi.gitops")
 class Deliveries:
     """The delivery GUIDs already accepted: a redelivery (same GUID) must not run twice.
 
-    With a `journal` file they survive a restart: each accepted GUID is appended (one line,
-    flushed before the command starts), and the newest `capacity` are read back at start. A
-    redelivery after the bot restarted mid-command is then still a duplicate, not a second run.
+    `first_time` checks and records in memory, with no await: atomic on the event loop, so two
+    copies of one delivery arriving together cannot both pass. With a `journal` file, `record`
+    then appends the GUID and fsyncs it in a worker thread (an fsync can take tens of
+    milliseconds on a busy disk, and the loop is answering other webhooks meanwhile) before the
+    command starts; the newest `capacity` are read back at start, so a redelivery after the bot
+    restarted mid-command is still a duplicate, not a second run.
+
+    The journal is compacted as it grows, not only at start: once it holds twice `capacity`
+    lines it is rewritten to the newest `capacity` (a new file, fsynced, renamed over the old
+    one, so a crash mid-way leaves one or the other whole). Rewriting `capacity` lines every
+    `capacity` appends keeps the cost per delivery constant and the file under 2x capacity.
     """
 
     def __init__(self, capacity: int, journal: Path | None = None) -> None:
         self.capacity = capacity
         self.journal = journal
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # Appends and rewrites of the journal, from worker threads: one at a time.
+        self._writing = threading.Lock()
+        self._lines = 0  # lines in the journal file now
         if journal is not None and journal.exists():
             for line in journal.read_text().splitlines()[-capacity:]:
                 if line.strip():
                     self._seen[line.strip()] = None
-            # Rewrite it to the kept tail, so the file does not grow without bound.
-            journal.write_text("".join(f"{guid}\n" for guid in self._seen))
+            self._lines = _rewrite(journal, list(self._seen))
 
     def first_time(self, guid: str) -> bool:
-        """Record `guid`; False if it was recorded before. No await inside: atomic on the loop."""
+        """Record `guid` in memory; False if it was recorded before. No await inside."""
         if guid in self._seen:
             self._seen.move_to_end(guid)
             return False
         self._seen[guid] = None
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
+        return True
+
+    def forget(self, guid: str) -> None:
+        """Undo `first_time` (the journal could not keep it: let GitHub's redelivery run it)."""
+        self._seen.pop(guid, None)
+
+    async def record(self, guid: str) -> None:
+        """Make `guid` survive a restart: appended and fsynced off the event loop."""
         if self.journal is not None:
-            with self.journal.open("a") as handle:  # a few dozen bytes: blocking is negligible
+            await asyncio.to_thread(self._append, self.journal, guid)
+
+    @property
+    def journal_lines(self) -> int:
+        return self._lines
+
+    def _append(self, journal: Path, guid: str) -> None:
+        with self._writing:
+            with journal.open("a") as handle:
                 handle.write(f"{guid}\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-        return True
+            self._lines += 1
+            if self._lines >= 2 * self.capacity:
+                # Read from the file, not from `_seen`: the loop may be changing that now.
+                tail = [line for line in journal.read_text().splitlines() if line.strip()][-self.capacity:]
+                self._lines = _rewrite(journal, tail)
+
+
+def _rewrite(journal: Path, guids: list[str]) -> int:
+    """Replace the journal by `guids` atomically (temporary file, fsync, rename); their count."""
+    temporary = journal.with_name(journal.name + ".new")
+    with temporary.open("w") as handle:
+        handle.write("".join(f"{guid}\n" for guid in guids))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, journal)
+    return len(guids)
 
 
 class Webhooks:
@@ -124,6 +166,14 @@ class Webhooks:
         commands = cmd.parse(payload.comment.body)
         if not commands:
             return self._answer(200, "ignored", "no command in the comment")
+        # Only deliveries that run something need to survive a restart: a redelivery of an
+        # ignored one is ignored again anyway.
+        try:
+            await self.deliveries.record(guid)
+        except OSError as error:
+            self.deliveries.forget(guid)  # not run, not remembered: GitHub's redelivery may run it
+            log.error("delivery journal not written", extra={"delivery": guid, "error": str(error)})
+            return self._answer(503, "unavailable", "the delivery journal could not be written; redeliver")
         task = asyncio.create_task(self.bot.handle(payload, commands, received), name=f"delivery-{guid}")
         self.tasks.add(task)
         task.add_done_callback(self._done)

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from github_standin.harness import SECRET, GitOpsRepo, Harness, running_bot
 from github_standin.server import StandIn
 from pydantic import ValidationError
 
-from kakehashi.gitops.app import Webhooks
+from kakehashi.gitops.app import Deliveries, Webhooks
 from kakehashi.gitops.settings import BotSettings
 from kakehashi.gitops.signature import SignatureError, verify
 
@@ -182,11 +184,66 @@ def test_a_redelivery_after_a_restart_still_runs_nothing_twice(
 
 
 def test_the_delivery_journal_keeps_only_the_newest(tmp_path: Path) -> None:
-    from kakehashi.gitops.app import Deliveries
-
     journal = tmp_path / "deliveries"
     journal.write_text("".join(f"guid-{i}\n" for i in range(150)))
     deliveries = Deliveries(100, journal)
     assert not deliveries.first_time("guid-149") and not deliveries.first_time("guid-50")
     assert deliveries.first_time("guid-49")  # forgotten: beyond the newest 100
+    asyncio.run(deliveries.record("guid-49"))
     assert journal.read_text().splitlines()[0] == "guid-50" and journal.read_text().splitlines()[-1] == "guid-49"
+
+
+def test_the_delivery_journal_is_trimmed_as_it_grows_and_a_restart_still_knows_the_newest(tmp_path: Path) -> None:
+    """A bot that runs for months never restarts to trim its journal: it stays under twice
+    the GUIDs remembered, and what a restart reads back is still the newest ones."""
+    journal = tmp_path / "deliveries"
+    deliveries = Deliveries(10, journal)
+    sizes = []
+
+    async def accept_all() -> None:
+        for i in range(45):
+            assert deliveries.first_time(f"guid-{i}")
+            await deliveries.record(f"guid-{i}")
+            sizes.append(len(journal.read_text().splitlines()))
+
+    asyncio.run(accept_all())
+    assert max(sizes) < 20 and sizes[-1] == deliveries.journal_lines
+    assert not journal.with_name("deliveries.new").exists()
+    restarted = Deliveries(10, journal)
+    assert all(not restarted.first_time(f"guid-{i}") for i in range(35, 45))  # the newest 10: duplicates
+    assert restarted.first_time("guid-34")  # older ones are forgotten, as in memory
+
+
+def test_the_journal_fsync_runs_off_the_event_loop(
+    standin: StandIn, repo: GitOpsRepo, tmp_path: Path, payload: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow disk delays the one delivery being journalled, not the other requests the bot
+    is answering meanwhile (GitHub gives each 10 s)."""
+    open_service_pr(repo, standin.state, 7)
+    journal = tmp_path / "deliveries"
+    threads: list[int] = []
+    syncing = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        threads.append(threading.get_ident())
+        syncing.set()
+        time.sleep(1.0)
+        real_fsync(fd)
+
+    monkeypatch.setattr("kakehashi.gitops.app.os.fsync", slow_fsync)
+
+    async def main() -> None:
+        async with running_bot(standin, repo, tmp_path / "bot-checkout", RecordingCluster(), journal=journal) as h:
+            loop_thread = threading.get_ident()
+            webhook = asyncio.create_task(h.deliver(payload("/deploy production")))
+            assert await asyncio.to_thread(syncing.wait, 10)
+            started = time.monotonic()
+            health = await h.client.get("/healthz")
+            assert health.status_code == 200 and time.monotonic() - started < 0.5  # not behind the fsync
+            assert (await webhook).status_code == 202
+            await h.settle()
+            assert threads and loop_thread not in threads
+
+    asyncio.run(main())
+    assert len(journal.read_text().splitlines()) == 1
