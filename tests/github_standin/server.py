@@ -313,7 +313,8 @@ class StandIn:
         answer |= {
             "number": pr.number, "state": pr.state, "merged": pr.merged, "draft": False,
             "mergeable": pr.mergeable, "mergeable_state": pr.mergeable_state,
-            "merge_commit_sha": pr.merge_commit_sha,
+            "merge_commit_sha": pr.merge_commit_sha, "merged_at": "2026-11-27T00:00:00Z" if pr.merged else None,
+            "closed_at": "2026-11-27T00:00:00Z" if pr.state == "closed" else None,
         }
         answer["user"]["login"] = pr.author
         head_repo = pr.head_repository or state.full_name

@@ -259,6 +259,11 @@ class PullRequestRef(_Model):
         default="open", description="closed: declined (closed unmerged); merged: the base branch holds what it proposed."
     )
     image: str | None = Field(default=None, description="repository@sha256:... it proposes.")
+    proposal: str | None = Field(
+        default=None,
+        description="sha256 of the files and pull request text last proposed: while they stay the same, "
+        "a resync reads only the pull request's state, not the repository.",
+    )
 
 
 class ModelServiceStatus(_Model):

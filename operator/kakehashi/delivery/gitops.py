@@ -15,6 +15,8 @@ never in a URL, a command line, an exception message, a log line or a status.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -63,8 +65,12 @@ class Proposal:
 
     @property
     def branch(self) -> str:
-        """One branch per service: its PR is found again by this head branch."""
-        return f"kakehashi/{self.namespace}/{self.service}"
+        return branch_of(self.namespace, self.service)
+
+
+def branch_of(namespace: str, service: str) -> str:
+    """One branch per service: its PR (deploys, then its removal) is found again by this head branch."""
+    return f"kakehashi/{namespace}/{service}"
 
 
 def _images(obj: Mapping[str, Any]) -> list[str]:
@@ -173,6 +179,37 @@ def body(proposal: Proposal, directory: str, base_branch: str, changes: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def removal_title(service: str) -> str:
+    return f"Remove {service}"
+
+
+def removal_body(namespace: str, service: str, directory: str, base_branch: str, changes: str) -> str:
+    """The pull request removing a deleted ModelService's directory: `/deploy` prunes it."""
+    lines = [
+        MARKER.format(namespace=namespace, name=service),
+        f"## {removal_title(service)}",
+        "",
+        f"ModelService `{namespace}/{service}` was deleted. This removes `{directory}/` from "
+        f"`{base_branch}`: `/deploy <env>` deletes its objects from production (the bot prunes what "
+        "the pull request removes), then merges. Close it to keep the service running without its "
+        "ModelService.",
+        "",
+        f"### Diff against `{base_branch}` (what runs now)",
+        "",
+        "```diff", changes.rstrip("\n"), "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def proposal_digest(target: Target, proposal: Proposal, files: Mapping[str, str]) -> str:
+    """What a resync compares with the last proposal before touching the repository: where it
+    goes, the files and the pull request's own text (the body without its diff, which depends
+    on the base branch, not on the proposal)."""
+    content = {"target": [target.repository, target.base_branch, target.directory(proposal.service)],
+               "files": dict(files), "title": title(proposal), "body": body(proposal, "", "", "")}
+    return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def _cell(text: object) -> str:
     # A metric name or lineage value is data: keep it from breaking the table or the fence.
     return str(text).replace("|", "\\|").replace("`", "'").replace("\n", " ")
@@ -215,6 +252,15 @@ class Published:
     changed: bool = False  # a new commit was pushed or a PR opened
 
 
+@dataclass(frozen=True)
+class PullRequestNow:
+    """A pull request's state as GitHub has it now (one API call, no git)."""
+
+    state: Literal["open", "closed", "merged"]
+    head_sha: str
+    merge_sha: str | None = None
+
+
 class GitFailed(Exception):
     """git failed; the message is git's stderr, which never holds the token (see git_environment)."""
 
@@ -236,6 +282,11 @@ class _Pull(_Answer):
     body: str | None = None
     merged_at: str | None = None
     head: _Head
+
+
+class _PullDetail(_Pull):
+    merged: bool = False
+    merge_commit_sha: str | None = None
 
 
 _PULLS: Final = TypeAdapter(list[_Pull])
@@ -324,7 +375,6 @@ class GitOpsPublisher:
 
     def _publish(self, target: Target, proposal: Proposal, files: Mapping[str, str], token: str) -> Published:
         env = git_environment(target.clone_url, token)
-        repo = self._repository(target, env)
         directory = target.directory(proposal.service)
         base_sha, current = self.read(target, proposal.service, token)
         owner, me = owner_of(current), f"{proposal.namespace}/{proposal.service}"
@@ -334,10 +384,19 @@ class GitOpsPublisher:
                                  reason="DirectoryTaken")
         if dict(current) == dict(files):
             return Published(pull_request=None, in_base=True, base_sha=base_sha)
-        branch = proposal.branch
+        text = body(proposal, directory, target.base_branch, diff(directory, current, files))
+        ref, changed = self._propose(target, env, proposal.branch, base_sha, directory, files,
+                                     title(proposal), text, token)
+        return Published(pull_request=ref, in_base=False, base_sha=base_sha, changed=changed)
+
+    def _propose(self, target: Target, env: Mapping[str, str], branch: str, base_sha: str, directory: str,
+                 files: Mapping[str, str], title_: str, text: str, token: str) -> tuple[PullRequestRef, bool]:
+        """`branch` set to one commit on the base replacing `directory` by `files` (none: removing
+        it), and its pull request opened or brought up to date; whether anything changed."""
+        repo = self._repository(target, env)
         remote = self._git(repo, env, "ls-remote", "--heads", target.clone_url, f"refs/heads/{branch}")
         old_head = remote.split()[0] if remote.strip() else ""
-        tree, commit = self._commit(repo, env, base_sha, directory, files, title(proposal))
+        tree, commit = self._commit(repo, env, base_sha, directory, files, title_)
         changed = False
         head = old_head
         if old_head:
@@ -351,13 +410,34 @@ class GitOpsPublisher:
             self._git(repo, env, "push", "--quiet", f"--force-with-lease=refs/heads/{branch}:{old_head}",
                       target.clone_url, f"{commit}:refs/heads/{branch}")
             head, changed = commit, True
-        text = body(proposal, directory, target.base_branch, diff(directory, current, files))
-        pull, opened = self._pull_request(target, branch, title(proposal), text, token, head)
-        return Published(
-            pull_request=PullRequestRef(number=pull.number, url=pull.html_url, head_sha=head,
-                                        state="open" if pull.state == "open" else "closed"),
-            in_base=False, base_sha=base_sha, changed=changed or opened,
-        )
+        pull, opened = self._pull_request(target, branch, title_, text, token, head)
+        ref = PullRequestRef(number=pull.number, url=pull.html_url, head_sha=head,
+                             state="open" if pull.state == "open" else "closed")
+        return ref, changed or opened
+
+    def remove(self, target: Target, namespace: str, service: str, token: str) -> PullRequestRef | None:
+        """Propose removing the service's directory from the base branch, through the service's
+        one pull request (an open deploy PR becomes the removal PR). None: the base branch holds
+        no directory this service proposed (never merged, hand-written, or another service's),
+        so there is nothing of it to remove."""
+        with self._lock(target):
+            env = git_environment(target.clone_url, token)
+            directory = target.directory(service)
+            base_sha, current = self.read(target, service, token)
+            if not current or owner_of(current) != f"{namespace}/{service}":
+                return None
+            text = removal_body(namespace, service, directory, target.base_branch, diff(directory, current, {}))
+            ref, _ = self._propose(target, env, branch_of(namespace, service), base_sha, directory, {},
+                                   removal_title(service), text, token)
+            return ref
+
+    def pull_request_now(self, target: Target, number: int, token: str) -> PullRequestNow:
+        owner, name = target.repository.split("/", 1)
+        with client(token, base_url=self.api_url, timeout_s=self.timeout_s) as gh:
+            pull = _PullDetail.model_validate_json(gh.rest.pulls.get(owner, name, number).content)
+        state: Literal["open", "closed", "merged"] = (
+            "merged" if pull.merged else "open" if pull.state == "open" else "closed")
+        return PullRequestNow(state=state, head_sha=pull.head.sha, merge_sha=pull.merge_commit_sha)
 
     def close(self, target: Target, number: int, token: str) -> None:
         """Close the service's pull request (the service is gone: nobody may `/deploy` it now)."""

@@ -276,8 +276,8 @@ class Bot:
         lines = [f"`/deploy {name}` of `{sha[:12]}` (approved by {', '.join('@' + a for a in approvers) or 'nobody needed'}):", ""]
         with tempfile.TemporaryDirectory(prefix="kakehashi-bot-") as tmp:
             for service in services:
-                directory = await self.repository.export(sha, f"{environment.path}/{service}", Path(tmp))
-                result = await self.cluster.apply(ServiceChange(name, service, directory), origin)
+                change = await self._change(pr.base_ref, sha, name, environment, service, Path(tmp))
+                result = await self.cluster.apply(change, origin)
                 lines += [f"**{service}**: {result.summary}", "", result.details, ""]
                 if not result.ok:
                     return ApplyResult(False, f"{service}: {result.summary}", "\n".join(lines).strip())
@@ -293,6 +293,17 @@ class Bot:
         lines.append(f"Merged as `{merged[:12]}`.")
         return ApplyResult(True, summary, "\n".join(lines).strip())
 
+    async def _change(self, base_ref: str, sha: str, name: str, environment: Environment, service: str,
+                      tmp: Path) -> ServiceChange:
+        """The service's directory at `sha`; when the PR deletes it, the base branch's too (the
+        objects to prune are where that one put them)."""
+        path = f"{environment.path}/{service}"
+        directory = await self.repository.export(sha, path, tmp / "head")
+        before = None
+        if directory is None:
+            before = await self.repository.export(f"refs/remotes/origin/{base_ref}", path, tmp / "base")
+        return ServiceChange(name, service, directory, before)
+
     async def _diff(self, ctx: Context, pr: PullRequest, name: str) -> None:
         config = await self._config(pr)
         environment = await self._environment(ctx, config, name)
@@ -303,8 +314,7 @@ class Bot:
         parts = [f"`/diff {name}` of `{sha[:12]}` against the live cluster:"]
         with tempfile.TemporaryDirectory(prefix="kakehashi-bot-") as tmp:
             for service in services:
-                directory = await self.repository.export(sha, f"{environment.path}/{service}", Path(tmp))
-                text = await self.cluster.diff(ServiceChange(name, service, directory))
+                text = await self.cluster.diff(await self._change(pr.base_ref, sha, name, environment, service, Path(tmp)))
                 parts.append(f"**{service}**\n```diff\n{text.rstrip() or '(no changes)'}\n```")
         await self._reply(ctx, "\n\n".join(parts))
 

@@ -33,6 +33,9 @@ class ServiceChange:
     environment: str
     service: str
     directory: Path | None  # None: the PR deletes the service
+    # The directory on the base branch (what runs now), when the PR deletes the service: where
+    # its objects are (their namespace) to be pruned.
+    before: Path | None = None
 
 
 @dataclass(frozen=True)

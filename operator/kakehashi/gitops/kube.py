@@ -124,6 +124,13 @@ class KubeCluster:
     def _namespace_of(self, objects: list[dict[str, Any]]) -> str:
         return str(objects[0]["metadata"]["namespace"]) if objects else self.namespace
 
+    async def _namespace(self, change: ServiceChange, objects: list[dict[str, Any]]) -> str:
+        """Where the service's objects are: the build's namespace, or for a deleted service the
+        namespace its directory on the base branch named (not the bot's default)."""
+        if not objects and change.directory is None and change.before is not None:
+            return self._namespace_of(await self.build(ServiceChange(change.environment, change.service, change.before)))
+        return self._namespace_of(objects)
+
     # ---- /deploy ----------------------------------------------------------------------------
 
     async def apply(self, change: ServiceChange, origin: Origin) -> ApplyResult:
@@ -131,7 +138,11 @@ class KubeCluster:
             objects = await self.build(change)
         except BuildError as error:
             return ApplyResult(False, f"build failed: {error}"[:140], f"```\n{error}\n```")
-        namespace = self._namespace_of(objects)
+        try:
+            namespace = await self._namespace(change, objects)
+        except BuildError as error:
+            return ApplyResult(False, f"build of the base branch's {change.service} failed: {error}"[:140],
+                               f"```\n{error}\n```")
         started = time.monotonic()
         try:
             await asyncio.to_thread(self.production.apply, objects)
@@ -219,7 +230,7 @@ class KubeCluster:
 
     async def diff(self, change: ServiceChange) -> str:
         objects = await self.build(change)
-        namespace = self._namespace_of(objects)
+        namespace = await self._namespace(change, objects)
         text = ""
         if objects:
             _, text = await self._kubectl(

@@ -10,7 +10,7 @@ GitHub's refusals become a Degraded status with GitHub's words, everything that 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, TypeVar
 
 from kakehashi.api.modelservice import ModelService, PullRequestRef
@@ -23,6 +23,7 @@ from kakehashi.delivery.gitops import (
     Target,
     classify_failure,
     default_checkout,
+    proposal_digest,
     render_directory,
 )
 from kakehashi.serving import render
@@ -33,6 +34,15 @@ from kakehashi.settings import OperatorSettings
 T = TypeVar("T")
 Io = Callable[..., Awaitable[Any]]
 TOKEN_KEY: Final = "token"
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """What deleting a GitOps service did, for an Event on it."""
+
+    warning: bool
+    reason: str
+    message: str
 
 
 def publisher_from(settings: OperatorSettings) -> GitOpsPublisher:
@@ -81,25 +91,72 @@ class GitOpsDelivery:
         token = (secret.data if secret else {}).get(TOKEN_KEY)
         return str(token) if token else None
 
-    async def withdraw(self, io: Io, kube: Kube, ms: ModelService) -> str | None:
-        """The service is being deleted: close its open pull request, so a later `/deploy`
-        cannot bring back what was deleted. What was merged stays: removing a running service
-        from the GitOps repository is a reviewed change of its own. Returns why it could not
-        (the finalizer lets go anyway: a PR left open is no reason to keep a deleted object)."""
-        pr = ms.status.pull_request
-        if pr is None or pr.state != "open" or ms.spec.delivery.gitops is None:
+    async def withdraw(self, io: Io, kube: Kube, ms: ModelService) -> Withdrawal | None:
+        """The service is being deleted. What its GitOps user expects is what the repository says
+        runs: if the base branch holds the service's directory (a deploy was merged), the
+        service's pull request now proposes removing it (an open deploy PR becomes the removal
+        PR, else one is opened), and a reviewer's `/deploy` prunes it from production and merges,
+        reviewed like every other production change. If nothing of it was merged, its open PR is
+        closed, so a later `/deploy` cannot bring back what was deleted.
+
+        The finalizer waits for the pull request to be opened (GitHub's outages are retried), not
+        for the review: a deleted object held for a person's review would block its namespace's
+        deletion and a new service of the same name, and the PR is the durable record of the
+        removal. Returns what to tell the user (an Event: the object is about to go)."""
+        spec = ms.spec.delivery.gitops
+        if spec is None:
             return None
+        pr = ms.status.pull_request
+        target = self._target(ms)
+        directory = target.directory(ms.name)
         token = await self._token(io, kube, ms)
         if not token:
-            return f"Secret {self.settings.gitops_token_secret} is gone: close pull request #{pr.number} by hand"
+            return Withdrawal(True, "RemovalNotProposed", f"Secret {self.settings.gitops_token_secret} is gone: "
+                              f"remove {directory}/ from {spec.repository} by a pull request by hand"
+                              + (f", and close pull request #{pr.number}" if pr and pr.state == "open" else ""))
         try:
-            await io(self.publisher.close, self._target(ms), pr.number, token)
+            removal = await io(self.publisher.remove, target, ms.namespace, ms.name, token)
+            if removal is None and pr is not None and pr.state == "open":
+                await io(self.publisher.close, target, pr.number, token)
         except Exception as error:
             kind = classify_failure(error, token)
             if isinstance(kind, PermanentError):
-                return f"pull request #{pr.number} was not closed: {kind}"
+                return Withdrawal(True, "RemovalNotProposed", f"{directory}/ in {spec.repository}: {kind}")
             raise kind from None
-        return None
+        if removal is None:
+            if pr is not None and pr.state == "open":
+                return Withdrawal(False, "PullRequestClosed", f"pull request #{pr.number} closed: nothing of "
+                                  f"{ms.name} was merged into {spec.repository}, so nothing runs to remove")
+            return None
+        if removal.state == "closed":
+            return Withdrawal(True, "RemovalDeclined", f"pull request #{removal.number} removing {directory}/ was "
+                              f"closed by a reviewer ({removal.url}): the service keeps running in production")
+        return Withdrawal(False, "RemovalProposed", f"pull request #{removal.number} removes {directory}/ from "
+                          f"{spec.base_branch} ({removal.url}): comment /deploy <env> there to delete the service "
+                          "from production")
+
+    async def _unchanged(self, io: Io, ms: ModelService, target: Target, digest: str,
+                         token: str) -> PullRequestRef | None:
+        """The pull request's state when this proposal was published already, read through the
+        API alone (no fetch, no push); None when the repository must be looked at: the proposal
+        changed, or someone moved the PR's branch."""
+        previous = ms.status.pull_request
+        if previous is None or previous.proposal != digest:
+            return None
+        if previous.state == "merged":
+            return previous  # the base branch holds exactly this proposal: nothing to read
+        try:
+            now = await io(self.publisher.pull_request_now, target, previous.number, token)
+        except Exception as error:
+            kind = classify_failure(error, token)
+            if isinstance(kind, PermanentError):
+                return None  # e.g. the PR was deleted (404): propose again
+            raise kind from None
+        if now.head_sha != previous.head_sha:
+            return None
+        if now.state == "merged":
+            return previous.model_copy(update={"state": "merged", "head_sha": now.merge_sha or previous.head_sha})
+        return previous.model_copy(update={"state": now.state})
 
     async def deliver(self, io: Io, kube: Kube, ms: ModelService, release: Release, canary: Release | None,
                       model: ResolvedModel | None, rollback: bool, base: Observed) -> Observed:
@@ -116,9 +173,14 @@ class GitOpsDelivery:
                                      owner=f"{ms.namespace}/{ms.name}")
         except ValueError as error:
             return replace(base, delivery_problem=Problem("NotPinned", str(error)))
+        target, wanted = self._target(ms), proposal(ms, release, canary, model, rollback)
+        digest = proposal_digest(target, wanted, files)
+        # A resync of a service whose proposal is unchanged reads the PR's state, not the repository.
+        known = await self._unchanged(io, ms, target, digest, token)
+        if known is not None:
+            return replace(base, pull_request=known)
         try:
-            published: Published = await io(self.publisher.publish, self._target(ms), proposal(ms, release, canary, model, rollback),
-                                             files, token)
+            published: Published = await io(self.publisher.publish, target, wanted, files, token)
         except Exception as error:
             kind = classify_failure(error, token)
             if isinstance(kind, PermanentError):
@@ -127,8 +189,10 @@ class GitOpsDelivery:
         if published.pull_request is None:
             previous = ms.status.pull_request
             number, url = (previous.number, previous.url) if previous else (0, "")
-            pr = PullRequestRef(number=number, url=url, headSha=published.base_sha, state="merged", image=release.image)
+            pr = PullRequestRef(number=number, url=url, headSha=published.base_sha, state="merged",
+                                image=release.image, proposal=digest)
         else:
             ref = published.pull_request
-            pr = PullRequestRef(number=ref.number, url=ref.url, headSha=ref.head_sha, state=ref.state, image=release.image)
+            pr = PullRequestRef(number=ref.number, url=ref.url, headSha=ref.head_sha, state=ref.state,
+                                image=release.image, proposal=digest)
         return replace(base, pull_request=pr)

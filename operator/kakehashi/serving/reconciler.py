@@ -317,9 +317,10 @@ class ServiceReconciler(Controller):
             ms = ModelService.model_validate(body)
             direct = ms.spec.delivery.direct
             if ms.spec.delivery.mode == "gitops":
-                why = await self.gitops.withdraw(self.io, self.kube, ms)
-                if why:
-                    self.event(body, "Warning", "PullRequestLeftOpen", why)
+                withdrawal = await self.gitops.withdraw(self.io, self.kube, ms)
+                if withdrawal is not None:
+                    self.event(body, "Warning" if withdrawal.warning else "Normal", withdrawal.reason,
+                               withdrawal.message)
         except ValidationError:
             direct = None
         if direct is not None:

@@ -127,6 +127,17 @@ class World:
     def posts(self, path: str, method: str = "POST") -> int:
         return sum(1 for m, p, _ in self.standin.state.requests if m == method and p == path)
 
+    def delete(self) -> None:
+        """`kubectl delete`: the deletion timestamp set, the finalizer's work reconciled."""
+        body = self.services[KEY][0]
+        self.services[KEY] = [{**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-11-27T00:00:00Z"}}]
+        asyncio.run(self.rec.reconcile(KEY))
+
+    def merge(self, number: int, sha: str) -> None:
+        answer = httpx.put(f"{self.standin.url}/repos/{self.standin.state.owner}/{self.standin.state.repo}/pulls/{number}/merge",
+                           headers={"Authorization": f"Bearer {self.standin.state.token}"}, json={"sha": sha})
+        assert answer.status_code == 200, answer.text
+
 
 def test_a_baked_model_is_proposed_as_one_pull_request_and_the_service_awaits_deploy(
     standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
@@ -234,16 +245,111 @@ def test_a_directory_another_namespaces_service_of_the_same_name_owns_is_never_o
         standin.stop()
 
 
-def test_deleting_the_service_closes_its_open_pull_request_then_lets_go(
+def test_deleting_a_service_nothing_of_which_was_merged_closes_its_pull_request_then_lets_go(
     standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
 ) -> None:
     world = World(standin, origin, tmp_path)
     number = world.bake(IMAGE, DIGEST)["pullRequest"]["number"]
-    body = world.services[KEY][0]
-    world.services[KEY] = [{**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-11-27T00:00:00Z"}}]
-    asyncio.run(world.rec.reconcile(KEY))
+    world.delete()
     assert standin.state.pulls[number].state == "closed"  # nobody can /deploy a deleted service
+    assert len(standin.state.pulls) == 1  # nothing runs, so no removal to propose
     assert world.kube.patches[-1] == {"metadata": {"finalizers": []}}
+    assert world.events[-1][:2] == ("Normal", "PullRequestClosed")
+
+
+def test_deleting_a_delivered_service_proposes_removing_its_directory_then_lets_go(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    """The repository says what runs: deleting the ModelService does not delete production
+    behind the reviewers' backs, and does not leave it running unnoticed either. Its branch
+    now removes the directory, through a PR a reviewer `/deploy`s like any other change."""
+    world = World(standin, origin, tmp_path)
+    pr = world.bake(IMAGE, DIGEST)["pullRequest"]
+    world.merge(pr["number"], pr["headSha"])
+    assert world.reconcile()["phase"] == "Delivered"
+    main = git(origin.origin, "rev-parse", "refs/heads/main")
+
+    world.delete()
+    assert world.kube.patches[-1] == {"metadata": {"finalizers": []}}  # the review is not waited for
+    removal = standin.state.pulls[max(standin.state.pulls)]
+    assert removal.number == pr["number"] + 1 and removal.state == "open" and removal.head_ref == BRANCH
+    assert removal.title == f"Remove {NAME}" and f"ModelService `{NS}/{NAME}` was deleted" in (removal.body or "")
+    assert f"--- a/production/{NAME}/deployment-{NAME}.yaml" in (removal.body or "")
+    # One commit on main: the service's directory gone, everything else as it was.
+    assert git(origin.origin, "rev-parse", f"refs/heads/{BRANCH}^") == main
+    files = git(origin.origin, "ls-tree", "-r", "--name-only", f"refs/heads/{BRANCH}").splitlines()
+    assert files == ["README.md", "production/other/kustomization.yaml"]
+    assert git(origin.origin, "rev-parse", "refs/heads/main") == main  # nothing pushed to main itself
+    kind, reason, message = world.events[-1]
+    assert (kind, reason) == ("Normal", "RemovalProposed") and removal.head_sha and f"/pull/{removal.number}" in message
+
+
+def test_deleting_a_service_whose_newer_model_awaits_deploy_turns_that_pull_request_into_the_removal(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    world = World(standin, origin, tmp_path)
+    first = world.bake(IMAGE, DIGEST)["pullRequest"]
+    world.merge(first["number"], first["headSha"])
+    world.reconcile()
+    world.serve_model("digits-2")
+    second = world.bake(IMAGE2, DIGEST2)["pullRequest"]
+    assert second["state"] == "open" and second["number"] == first["number"] + 1
+
+    world.delete()
+    # Still one open PR for the service: the newer model's, now removing what runs (v1).
+    assert [(p.number, p.state) for p in standin.state.pulls.values()] == [(1, "closed"), (2, "open")]
+    removal = standin.state.pulls[second["number"]]
+    assert removal.title == f"Remove {NAME}" and IMAGE in (removal.body or "") and IMAGE2 not in (removal.body or "")
+    assert f"production/{NAME}/" not in git(origin.origin, "ls-tree", "-r", "--name-only", f"refs/heads/{BRANCH}")
+
+
+def test_a_resync_of_an_unchanged_proposal_reads_the_pull_request_not_the_repository(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = World(standin, origin, tmp_path)
+    pr = world.bake(IMAGE, DIGEST)["pullRequest"]
+    assert pr["proposal"].startswith("sha256:")
+    publisher = world.rec.gitops.publisher
+    fetches: list[str] = []
+    read = publisher.read
+    monkeypatch.setattr(publisher, "read", lambda target, service, token: fetches.append(service) or read(target, service, token))
+    lists = world.posts(f"/repos/{OWNER}/{REPO}/pulls", "GET")
+    for _ in range(3):
+        assert world.reconcile()["phase"] == "Proposed"
+    assert fetches == [] and world.posts(f"/repos/{OWNER}/{REPO}/pulls", "GET") == lists
+    assert world.posts(f"/repos/{OWNER}/{REPO}/pulls/1", "GET") == 3  # one API read per resync
+
+    # Someone pushes to the service's branch: the moved head is seen, and the proposal put back.
+    git(origin.work, "fetch", "-q", "origin", f"+refs/heads/{BRANCH}:refs/remotes/origin/{BRANCH}")
+    origin.commit(BRANCH, {f"production/{NAME}/deployment-{NAME}.yaml": "hand edit\n"}, "edit", start=f"origin/{BRANCH}")
+    status = world.reconcile()
+    assert fetches == [NAME] and status["phase"] == "Proposed"
+    assert f"image: {IMAGE}" in world.branch_file(f"deployment-{NAME}.yaml")
+    assert status["pullRequest"]["headSha"] == git(origin.origin, "rev-parse", f"refs/heads/{BRANCH}")
+
+    # Merged (by the bot's /deploy): Delivered from the PR's state alone, then nothing is asked at all.
+    world.merge(1, status["pullRequest"]["headSha"])
+    assert world.reconcile()["phase"] == "Delivered" and fetches == [NAME]
+    asked = len(standin.state.requests)
+    world.reconcile()
+    assert len(standin.state.requests) == asked and fetches == [NAME]
+
+    # A newer model is a new proposal: the repository is read and the service's branch moves.
+    world.serve_model("digits-2")
+    status = world.bake(IMAGE2, DIGEST2)
+    assert status["phase"] == "Proposed" and fetches == [NAME, NAME]
+
+
+def test_a_closed_pull_request_reopened_by_a_reviewer_is_seen_without_a_fetch(
+    standin: StandIn, origin: GitOpsRepo, tmp_path: Path,
+) -> None:
+    world = World(standin, origin, tmp_path)
+    number = world.bake(IMAGE, DIGEST)["pullRequest"]["number"]
+    standin.state.pulls[number].state = "closed"
+    assert world.reconcile()["phase"] == "Failed"
+    standin.state.pulls[number].state = "open"
+    status = world.reconcile()
+    assert status["phase"] == "Proposed" and status["pullRequest"]["state"] == "open"
 
 
 def test_the_token_never_reaches_a_log_an_event_or_the_status(
@@ -309,9 +415,10 @@ class DirectoryCluster:
         self.applied: list[tuple[str, str, dict[str, str]]] = []
 
     async def apply(self, change: ServiceChange, origin: Origin) -> ApplyResult:
-        assert change.directory is not None
-        files = {path.name: path.read_text() for path in sorted(change.directory.iterdir())}
-        self.applied.append((change.service, origin.sha, files))
+        directory = change.directory or change.before  # a removal: what the base branch holds
+        assert directory is not None
+        files = {path.name: path.read_text() for path in sorted(directory.iterdir())}
+        self.applied.append((change.service if change.directory else f"-{change.service}", origin.sha, files))
         return ApplyResult(True, "ready: 2/2 replicas serve the new digest")
 
     async def diff(self, change: ServiceChange) -> str:
@@ -352,6 +459,24 @@ def test_the_bot_deploys_the_proposed_pull_request_and_the_service_then_reads_de
         assert delivered["phase"] == "Delivered"
         assert delivered["pullRequest"]["number"] == pr["number"] and delivered["pullRequest"]["state"] == "merged"
         assert [h["image"] for h in delivered["history"]] == [IMAGE]
+
+        # Deleted: the removal PR is one the bot's /deploy prunes (the base branch's directory
+        # tells it where the objects are) and merges; main then holds nothing of the service.
+        world.delete()
+        removal = max(standin.state.pulls)
+        head = standin.state.pulls[removal].head_sha
+        standin.state.reviews[removal] = [ReviewState(harness.REVIEWER, "APPROVED", head)]
+
+        async def remove() -> None:
+            async with running_bot(standin, origin, tmp_path / "bot", cluster) as bot:  # type: ignore[arg-type]
+                await bot.deliver(payload("/deploy production", number=removal))
+                await bot.settle()
+
+        asyncio.run(remove())
+        assert standin.state.merges[-1] == (removal, head), standin.state.comments
+        service, sha, files = cluster.applied[-1]
+        assert service == f"-{NAME}" and sha == head and f"image: {IMAGE}" in files["deployment-digits.yaml"]
+        assert f"production/{NAME}/" not in git(origin.origin, "ls-tree", "-r", "--name-only", "refs/heads/main")
         assert standin.state.violations == []
     finally:
         standin.stop()
