@@ -26,6 +26,7 @@ from kakehashi.gitops.app import Webhooks, create_app
 from kakehashi.gitops.bot import Bot, BotOptions
 from kakehashi.gitops.cluster import Cluster
 from kakehashi.gitops.github import GitHubApi
+from kakehashi.gitops.leases import Leases
 from kakehashi.gitops.repository import GitRepository
 from kakehashi.gitops.signature import sign
 
@@ -190,10 +191,11 @@ class Harness:
 
 @asynccontextmanager
 async def running_bot(standin: StandIn, repo: GitOpsRepo, checkout: Path, cluster: Cluster,
-                      journal: Path | None = None, **options: Any) -> AsyncIterator[Harness]:
+                      journal: Path | None = None, leases: Leases | None = None,
+                      **options: Any) -> AsyncIterator[Harness]:
     api = GitHubApi(TOKEN, base_url=standin.url)
     repository = GitRepository(str(repo.origin), checkout)
-    bot = Bot(api, repository, cluster, BotOptions(mergeable_delay_s=0.01, **options))
+    bot = Bot(api, repository, cluster, BotOptions(mergeable_delay_s=0.01, **options), leases=leases)
     webhooks = Webhooks(bot, SECRET.encode(), journal=journal)
     transport = httpx.ASGITransport(app=create_app(webhooks))
     async with httpx.AsyncClient(transport=transport, base_url="http://bot") as client:

@@ -28,6 +28,7 @@ from kakehashi.gitops.github import (
     Review,
     StatusState,
 )
+from kakehashi.gitops.leases import Leases
 from kakehashi.gitops.locks import Holder, Locks, LockTimeout, now
 from kakehashi.gitops.metrics import COMMAND_SECONDS, COMMANDS
 from kakehashi.gitops.repository import GitRepository
@@ -74,13 +75,14 @@ class BotOptions:
 
 class Bot:
     def __init__(
-        self, github: GitHubApi, repository: GitRepository, cluster: Cluster, options: BotOptions | None = None
+        self, github: GitHubApi, repository: GitRepository, cluster: Cluster, options: BotOptions | None = None,
+        *, leases: Leases | None = None,
     ) -> None:
         self.github = github
         self.repository = repository
         self.cluster = cluster
         self.options = options or BotOptions()
-        self.locks = Locks()
+        self.locks = Locks(leases)  # with Leases, the locks hold between replicas too
 
     async def handle(self, event: IssueCommentEvent, commands: list[cmd.Command], received: float) -> None:
         ctx = Context(
@@ -228,7 +230,7 @@ class Bot:
             async with self.locks.hold(keys, holder, timeout_s=self.options.lock_wait_s):
                 result = await self._deploy_locked(ctx, name, environment, sha, services, context)
         except LockTimeout as timeout:
-            who = timeout.holder.describe() if timeout.holder else "another command"
+            who = timeout.who or "another command"
             await self._status(ctx, sha, "failure", context, "still locked; comment again later")
             raise Refused(f"`{name}/{timeout.key[1]}` is still locked by {who}.") from None
         except Refused as refused:
@@ -330,7 +332,7 @@ class Bot:
             async with self.locks.hold([(name, service)], holder, timeout_s=self.options.lock_wait_s):
                 result = await self.cluster.rollback(name, service, target, origin)
         except LockTimeout as timeout:
-            who = timeout.holder.describe() if timeout.holder else "another command"
+            who = timeout.who or "another command"
             raise Refused(f"`{name}/{service}` is still locked by {who}.") from None
         verdict = "done" if result.ok else "failed"
         await self._reply(ctx, f"`/rollback {service}` on {name} {verdict}: {result.summary}\n\n{result.details}".strip())
@@ -357,10 +359,15 @@ class Bot:
         config = await self._config(pr)
         await self._environment(ctx, config, name)
         released = self.locks.unlock(name)
-        if not released:
+        lines = [f"- `{name}/{service}`: {holder.describe()}, cancelled" for service, holder in released]
+        if self.locks.leases is not None:
+            # Held by another replica: freeing its Lease makes that replica cancel its command.
+            mine = {holder.describe() for _, holder in released}
+            others = await asyncio.to_thread(self.locks.leases.unlock, name)
+            lines += [f"- {who}, cancelled" for who in others if not any(m in who for m in mine)]
+        if not lines:
             await self._reply(ctx, f"`{name}` holds no lock.")
             return
-        lines = [f"- `{name}/{service}`: {holder.describe()}, cancelled" for service, holder in released]
         await self._reply(ctx, f"@{ctx.actor} unlocked `{name}`:\n" + "\n".join(lines))
 
     # ---- reporting ---------------------------------------------------------------------------

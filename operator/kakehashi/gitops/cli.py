@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
+import uuid
 from typing import Any, Final
 
 import click
@@ -38,6 +41,7 @@ def main(check: bool) -> None:
     from kakehashi.gitops.bot import Bot, BotOptions
     from kakehashi.gitops.github import GitHubApi
     from kakehashi.gitops.kube import KubeCluster
+    from kakehashi.gitops.leases import Leases
     from kakehashi.gitops.repository import GitRepository
     from kakehashi.gitops.settings import BotSettings
     from kakehashi.serving import render
@@ -64,12 +68,19 @@ def main(check: bool) -> None:
         namespace=settings.namespace, kubectl=settings.kubectl, learning=learning,
         learning_namespace=settings.learning_namespace, rollout_timeout_s=settings.rollout_timeout_seconds,
     )
+    leases = None
+    if settings.lease_namespace:
+        # This replica's name in the Leases: its pod, and a suffix so a restarted pod of the
+        # same name does not take over what its previous life held.
+        identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        leases = Leases(production.kube, settings.lease_namespace, identity, duration_s=settings.lease_seconds)
     bot = Bot(
         GitHubApi(token, base_url=settings.github_api_url),
         GitRepository(settings.repository_url, settings.checkout, token=token),
         cluster,
         BotOptions(config_path=settings.config_path, allow_forks=settings.allow_forks,
                    status_context=settings.status_context, lock_wait_s=settings.lock_wait_seconds),
+        leases=leases,
     )
     if settings.deliveries_journal is not None:
         settings.deliveries_journal.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """One lock per environment and service, that can say who holds it.
 
-In-process (asyncio): the bot runs as one replica, which is also what makes its delivery
-deduplication exact. A lock is held for one command's apply; `/unlock` cancels the holder.
+In-process (asyncio): a lock is held for one command's apply; `/unlock` cancels the holder.
+With `leases` (a Kubernetes Lease per environment and service, `leases.Leases`) the lock also
+holds between bot replicas; without, it is per process and the bot must run as one replica.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from kakehashi.gitops.leases import Leases, LeaseTimeout
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,11 @@ class Holder:
 
 
 class LockTimeout(Exception):
-    def __init__(self, key: tuple[str, str], holder: Holder | None) -> None:
+    def __init__(self, key: tuple[str, str], holder: Holder | None, who: str | None = None) -> None:
         super().__init__(f"{key[0]}/{key[1]} still locked")
         self.key = key
         self.holder = holder
+        self.who = who or (holder.describe() if holder else None)  # another replica's holder, in words
 
 
 @dataclass
@@ -39,8 +43,9 @@ class _Slot:
 
 
 class Locks:
-    def __init__(self) -> None:
+    def __init__(self, leases: Leases | None = None) -> None:
         self._slots: dict[tuple[str, str], _Slot] = {}
+        self.leases = leases
 
     def _slot(self, key: tuple[str, str]) -> _Slot:
         return self._slots.setdefault(key, _Slot(asyncio.Lock()))
@@ -64,7 +69,14 @@ class Locks:
                     raise LockTimeout(key, slot.holder) from None
                 slot.holder, slot.task = holder, asyncio.current_task()
                 taken.append(slot)
-            yield
+            if self.leases is None:
+                yield
+            else:
+                try:
+                    async with self.leases.hold(keys, holder.describe(), timeout_s=timeout_s):
+                        yield
+                except LeaseTimeout as timeout:
+                    raise LockTimeout(timeout.key, None, timeout.who) from None
         finally:
             for slot in taken:
                 slot.holder = slot.task = None

@@ -48,6 +48,13 @@ class BotSettings(BaseSettings):
         default=Path("/var/lib/kakehashi-bot/deliveries"),
         description="File the accepted delivery GUIDs are appended to, so a restart still knows them ('' : memory only).",
     )
+    lease_namespace: str | None = Field(
+        default=None,
+        description="Namespace on the production cluster for the locks' Leases (one per environment and "
+        "service): set, two replicas cannot both apply to one service; unset, the locks are per process "
+        "and the bot must run as one replica.",
+    )
+    lease_seconds: float = Field(default=30.0, ge=5, description="A Lease's duration; renewed at a third of it.")
     host: str = Field(default="0.0.0.0", description="Address the webhook server listens on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port the webhook server listens on.")
 
