@@ -46,7 +46,7 @@ class LeaseTimeout(Exception):
 
 def lease_name(key: tuple[str, str]) -> str:
     """A DNS name per environment and service; a digest keeps long or odd names apart."""
-    readable = re.sub(r"[^a-z0-9-]+", "-", f"{key[0]}-{key[1]}".lower()).strip("-")[:40].strip("-")
+    readable = re.sub(r"[^a-z0-9-]+", "-", f"{key[0]}-{key[1]}".lower()).strip("-")[:38].strip("-")
     digest = hashlib.sha256(f"{key[0]}\0{key[1]}".encode()).hexdigest()[:10]
     return f"kakehashi-bot-{readable}-{digest}"
 
