@@ -28,3 +28,18 @@ TRAINING_SECONDS: Final = Histogram(
 NOTIFICATIONS: Final = Counter(
     "kakehashi_notifications_total", "Run-ended notifications sent, by result.", ["result"]
 )
+# Per-ModelService state in kube-state-metrics' shape (kube_pod_status_condition and _phase):
+# every condition x status and every phase is a series, 1 for the current one and 0 for the
+# rest, so an alert compares values instead of depending on a series appearing. Scraped with
+# honorLabels (manifests/monitoring), or Prometheus would rename `namespace` (the operator pod's
+# own) to exported_namespace. Removed when the ModelService is deleted.
+MODELSERVICE_CONDITION: Final = Gauge(
+    "kakehashi_modelservice_status_condition",
+    "A ModelService's status conditions (Ready, Deployed, Baked, ModelResolved): 1 for the status it has.",
+    ["namespace", "name", "condition", "status"],
+)
+MODELSERVICE_PHASE: Final = Gauge(
+    "kakehashi_modelservice_status_phase",
+    "A ModelService's phase: 1 for the phase it is in.",
+    ["namespace", "name", "phase"],
+)

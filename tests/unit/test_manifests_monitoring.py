@@ -18,10 +18,10 @@ RULES = Path(__file__).resolve().parents[2] / "manifests" / "monitoring" / "prom
 # Prometheus's own per-target series.
 PROMETHEUS = {"up": {"job", "instance"}}
 # The issue's alerts: operator down, reconcile errors, training failure rate, inference p99 and
-# error rate, a served model not ready.
+# error rate, a ModelService not Ready.
 EXPECTED_ALERTS = {
     "KakehashiOperatorDown", "KakehashiReconcileErrors", "KakehashiTrainingFailureRate",
-    "KakehashiInferenceLatencyP99", "KakehashiInferenceErrorRate", "KakehashiInferenceModelNotReady",
+    "KakehashiInferenceLatencyP99", "KakehashiInferenceErrorRate", "KakehashiModelServiceNotReady",
 }
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
             "bool", "offset", "inf", "nan"}
@@ -100,3 +100,15 @@ def test_a_misspelt_metric_or_label_would_be_caught() -> None:
     assert "kakehashi_reconciles_total" in series
     assert "phase" not in series["kakehashi_reconciles_total"]
     assert "phase" in series["kakehashi_training_duration_seconds_count"]
+
+
+def test_the_operators_own_namespace_label_survives_the_scrape() -> None:
+    # Series the operator exports per object carry that object's `namespace`; a scrape without
+    # honorLabels overwrites it with the operator pod's namespace (kakehashi-system) and the
+    # ModelService alert would name the wrong service.
+    labelled = [c for c in vars(operator_metrics).values()
+                if isinstance(c, MetricWrapperBase) and "namespace" in c._labelnames]
+    assert labelled, "the operator exports no per-object series"
+    monitors = list(yaml.safe_load_all((RULES.parent / "podmonitors.yaml").read_text()))
+    operator = next(m for m in monitors if m["metadata"]["name"] == "kakehashi-operator")
+    assert all(e.get("honorLabels") is True for e in operator["spec"]["podMetricsEndpoints"])

@@ -16,8 +16,15 @@ from typing import Any, Final, TypeVar
 
 from pydantic import ValidationError
 
-from kakehashi import GROUP
-from kakehashi.api.modelservice import RESOURCE, ModelRef, ModelService, ModelServiceStatus, Phase
+from kakehashi import GROUP, metrics
+from kakehashi.api.modelservice import (
+    RESOURCE,
+    ConditionType,
+    ModelRef,
+    ModelService,
+    ModelServiceStatus,
+    Phase,
+)
 from kakehashi.api.trainingrun import RESOURCE as TRAININGRUNS
 from kakehashi.control.backoff import Backoff
 from kakehashi.control.client import Kube
@@ -64,6 +71,33 @@ def default_production(kubeconfig: str) -> Production:
     return Production.from_kubeconfig(kubeconfig, owner_label=render.LABEL_SERVICE, port=render.PORT)
 
 
+_STATUSES: Final = ("True", "False", "Unknown")
+
+
+def export_status_metrics(key: Key, status: ModelServiceStatus) -> None:
+    """Set the service's condition and phase gauges from the status just computed (every
+    reconcile, so a restarted operator exports them for services whose status did not change)."""
+    namespace, name = key
+    have = {c.type: c.status for c in status.conditions}
+    for kind in ConditionType:
+        for value in _STATUSES:
+            metrics.MODELSERVICE_CONDITION.labels(namespace, name, kind.value, value).set(
+                1 if have.get(kind.value, "Unknown") == value else 0)
+    for phase in Phase:
+        metrics.MODELSERVICE_PHASE.labels(namespace, name, phase.value).set(1 if status.phase == phase else 0)
+
+
+def forget_status_metrics(key: Key) -> None:
+    """The service is gone: its series go too (a deleted service must not stay "not Ready")."""
+    namespace, name = key
+    # remove() of a label set never exported is a no-op.
+    for kind in ConditionType:
+        for value in _STATUSES:
+            metrics.MODELSERVICE_CONDITION.remove(namespace, name, kind.value, value)
+    for phase in Phase:
+        metrics.MODELSERVICE_PHASE.remove(namespace, name, phase.value)
+
+
 class ServiceReconciler(Controller):
     def __init__(
         self,
@@ -88,6 +122,7 @@ class ServiceReconciler(Controller):
     def forget(self, key: Key) -> None:
         super().forget(key)
         self._applied.pop(key, None)
+        forget_status_metrics(key)
 
     def pending_keys(self) -> list[Key]:
         return list(self.indices.get("services") or {})
@@ -297,6 +332,8 @@ class ServiceReconciler(Controller):
         status = compute_status(ms, observed, now=datetime.now(UTC))
         if status != previous:
             self.written(key, await self.io(self.kube.patch_status, RESOURCE, key[0], key[1], status_patch(status)))
+        # After the write: the gauges say what the object's status says (a refused write retries).
+        export_status_metrics(key, status)
         if status.phase != previous.phase:
             kind = "Warning" if status.phase in (Phase.FAILED, Phase.DEGRADED) else "Normal"
             self.event(body, kind, f"Service{status.phase}", f"{previous.phase or 'New'} -> {status.phase}: "

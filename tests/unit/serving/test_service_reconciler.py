@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+from prometheus_client import REGISTRY, generate_latest
 from serving_fakes import FakeKube
 
 from kakehashi.control.client import Secret
@@ -333,3 +334,39 @@ def test_the_bake_job_carries_the_registry_and_storage_settings_but_no_secret_va
     assert json.loads(container["args"][container["args"].index("--metrics") + 1]) == {"accuracy": 0.9}
     assert len(job["metadata"]["name"]) <= 63 and job["metadata"]["ownerReferences"][0]["uid"] == "ms-uid"
     assert job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2]
+
+
+def _ready(status: str) -> float | None:
+    return REGISTRY.get_sample_value("kakehashi_modelservice_status_condition", {
+        "namespace": NS, "name": NAME, "condition": "Ready", "status": status})
+
+
+def _phase(phase: str) -> float | None:
+    return REGISTRY.get_sample_value("kakehashi_modelservice_status_phase",
+                                     {"namespace": NS, "name": NAME, "phase": phase})
+
+
+def test_the_operator_exports_each_services_ready_condition_and_phase_and_drops_them_when_it_is_deleted() -> None:
+    # What the KakehashiModelServiceNotReady alert reads (manifests/monitoring): the value the
+    # status holds, as /metrics shows it, never a series left behind by a deleted service.
+    world = World()
+    world.reconcile()
+    world.finish_bake()
+    world.reconcile()
+    world.production.serve(DIGEST, 2, crash=True)
+    assert world.reconcile()["phase"] == "Degraded"
+    assert (_ready("False"), _ready("True"), _ready("Unknown")) == (1.0, 0.0, 0.0)
+    assert (_phase("Degraded"), _phase("Ready")) == (1.0, 0.0)
+
+    world.production.serve(DIGEST, 2)
+    assert world.reconcile()["phase"] == "Ready"
+    assert (_ready("False"), _ready("True")) == (0.0, 1.0)
+    assert (_phase("Degraded"), _phase("Ready")) == (0.0, 1.0)
+    exposition = generate_latest(REGISTRY).decode()
+    assert ('kakehashi_modelservice_status_condition{condition="Ready",name="digits",namespace="team",'
+            'status="True"} 1.0') in exposition
+
+    world.services[KEY][0]["metadata"]["deletionTimestamp"] = "2026-11-26T12:00:00Z"
+    asyncio.run(world.rec.reconcile(KEY))
+    assert _ready("False") is None and _ready("True") is None and _phase("Ready") is None
+    assert f'name="{NAME}",namespace="{NS}"' not in generate_latest(REGISTRY).decode()
