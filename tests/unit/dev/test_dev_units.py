@@ -17,7 +17,8 @@ from kakehashi.dev.processes import Service, pid_alive, terminate
 
 
 def test_every_tool_module_is_pinned_with_a_committed_go_sum() -> None:
-    for tool in tools.TOOLS:
+    # The on-demand tools too (benchmarks' crane, the alert tests' promtool).
+    for tool in (*tools.TOOLS, tools.CRANE, tools.PROMTOOL):
         go_mod = (tool.module_dir / "go.mod").read_text()
         if "require" not in go_mod:  # a program of our own (pause): its source is here
             assert list(tool.module_dir.glob("*.go")), tool.name
