@@ -185,7 +185,13 @@ def test_trainingrun_over_its_memory_limit_fails_oomkilled(runs: Runs,
 
 def test_trainingrun_exiting_non_zero_shows_its_real_last_log_lines(
         runs: Runs, dev_env: DevEnvironment) -> None:
-    script = ("import sys\nfor epoch in range(30): print(f'epoch {epoch} loss {1/(epoch+1):.3f}')\n"
+    # The traceback comes a moment after the last epoch, as it does in a real run: the
+    # runtime copies stdout and stderr through separate pipes, so lines written to both in
+    # the same few milliseconds land in the log in either order (4 of 8 pods here had a
+    # stderr line written after 30 stdout lines recorded first; the cold CI failed on it).
+    script = ("import sys, time\n"
+              "for epoch in range(30): print(f'epoch {epoch} loss {1/(epoch+1):.3f}')\n"
+              "time.sleep(1)\n"
               "print('ValueError: labels and images differ in length', file=sys.stderr)\n"
               "sys.exit(3)")
     runs.create("crash", _real_run(dev_env.images["base"], ["python", "-u", "-c", script],
