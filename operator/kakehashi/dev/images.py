@@ -169,11 +169,17 @@ class ProjectImage:
         return tools.repo_root() / f"{self.dockerfile}.dockerignore"
 
 
+NOTEBOOK_DOCKERFILE = "notebook-images/Dockerfile"
 PROJECT_IMAGES = {
     image.name: image for image in (
-        # The notebook image is also the default training image (TensorFlow and all).
-        ProjectImage("training", "kakehashi/notebook-jupyter",
-                     "notebook-images/jupyter/Dockerfile"),
+        # The Jupyter notebook image is also the default training image (TensorFlow and all).
+        ProjectImage("training", "kakehashi/notebook-jupyter", NOTEBOOK_DOCKERFILE,
+                     target="jupyter"),
+        # The other notebook images share its layers up to the server (the same Dockerfile).
+        ProjectImage("code-server", "kakehashi/notebook-code-server", NOTEBOOK_DOCKERFILE,
+                     target="code-server"),
+        ProjectImage("jupyter-code-server", "kakehashi/notebook-jupyter-code-server",
+                     NOTEBOOK_DOCKERFILE, target="jupyter-code-server"),
         # The light serving image, no model: what the operator bakes models onto.
         ProjectImage("serving", "kakehashi/inference", "inference/Dockerfile",
                      target="runtime"),

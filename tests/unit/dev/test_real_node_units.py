@@ -101,12 +101,12 @@ def test_kwok_only_machines_skip_the_real_nodes_tools() -> None:
 
 
 def test_dockerignore_rules_as_docker_reads_them() -> None:
-    rules = images._ignore_rules(REPO / "notebook-images/jupyter/Dockerfile.dockerignore")
+    rules = images._ignore_rules(REPO / "notebook-images/Dockerfile.dockerignore")
     assert images._ignored("tests/unit/test_x.py", rules)
     assert not images._ignored("operator/kakehashi/cli.py", rules)
     assert images._ignored("operator/kakehashi/__pycache__/cli.cpython-311.pyc", rules)
     assert not images._ignored("notebook-images/requirements.txt", rules)
-    assert images._ignored("notebook-images/jupyter/Dockerfile", rules)
+    assert images._ignored("notebook-images/Dockerfile", rules)
 
 
 def test_content_key_follows_the_context_and_the_build_args(
