@@ -194,7 +194,7 @@ def _main_job(env: DevEnvironment, start_operator: bool) -> None:
         runs = []
         for base, hyper in MODELS.items():
             spec = render_spec(
-                # The project's training image, built from notebook-images/jupyter/Dockerfile.
+                # The project's training image: notebook-images/Dockerfile, target jupyter.
                 image=env.images["training"], command=["python", "/opt/kakehashi/examples/digits/train.py"],
                 hyperparameters={**hyper, "learning_rate": 0.005}, gate=("accuracy", 0.85),
                 env={"AWS_REGION": env.s3.region}, cpu=1, memory="2Gi",

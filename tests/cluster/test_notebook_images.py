@@ -3,9 +3,9 @@ runs them: NB_PREFIX set to /notebook/<namespace>/<name>, the workspace volume (
 at /home/jovyan, uid 1000 with fsGroup 100, the `notebook` ServiceAccount of
 manifests/notebooks/rbac.yaml. The test reaches the pod on 8888 by its IP, as the gateway does.
 
-The images are built from notebook-images/Dockerfile if the registry lacks them (content-cached:
-`make test` builds them with `kakehashi dev images` first, so their build is not in a test's
-timeout).
+The images are built from notebook-images/Dockerfile if the registry lacks them (content-cached;
+`make test` builds them with `kakehashi dev images` first, so that a cold build, with its
+progress shown, is not inside a test's timeout).
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ STARTUP_S = 240  # a cold node pulls a 3 GB image from the local registry first
 def images(dev_env: Any) -> dict[str, str]:
     if not dev_env.real_nodes:
         pytest.skip(f"no real nodes on this machine: {dev_env.no_real_nodes_reason}")
-    missing = [name for name in IMAGES.values() if name not in dev_env.images]
-    built = stack.build_images(missing) if missing else {}
-    return {target: built.get(name) or dev_env.images[name] for target, name in IMAGES.items()}
+    # Content-cached: the references of the current sources, built only if the registry lacks
+    # them (what `dev up` listed may be of older sources).
+    built = stack.build_images(list(IMAGES.values()))
+    return {target: built[name] for target, name in IMAGES.items()}
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A TrainingRun end to end with real training on the learning cluster's real node: the
 operator's Job runs the digits example in the project's training image (built from
-notebook-images/jupyter/Dockerfile, real TensorFlow), reading and writing the real MinIO, and
+notebook-images/Dockerfile target jupyter, real TensorFlow), reading and writing the real MinIO, and
 the run's status carries the model, gated."""
 
 from __future__ import annotations
