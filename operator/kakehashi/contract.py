@@ -24,3 +24,12 @@ ENV_WORKSPACE: Final = "KAKEHASHI_WORKSPACE"  # where the code was cloned
 # boto3 (>= 1.28) reads AWS_ENDPOINT_URL_S3 itself; the operator copies the platform's S3
 # endpoint and credentials (from a Secret) so the same trainer code works on EKS and locally.
 ENV_S3_ENDPOINT: Final = "AWS_ENDPOINT_URL_S3"
+# A run whose code is a Python function or a notebook shipped by the SDK carries the code in
+# its spec (the run is the record of what trained), read by `python -m kakehashi.trainer.function`
+# and `python -m kakehashi.trainer.notebook`.
+ENV_FUNCTION: Final = "KAKEHASHI_FUNCTION"  # the function's source; its name is the argument
+ENV_NOTEBOOK: Final = "KAKEHASHI_NOTEBOOK"  # the notebook (.ipynb JSON, outputs cleared)
+FUNCTION_MODULE: Final = "kakehashi.trainer.function"
+NOTEBOOK_MODULE: Final = "kakehashi.trainer.notebook"
+# What a papermill notebook's cell of default values is tagged (papermill's convention).
+PARAMETERS_TAG: Final = "parameters"

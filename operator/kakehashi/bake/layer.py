@@ -44,7 +44,7 @@ from kakehashi.bake.mediatypes import (
     OCI_LAYER,
     OCI_LAYER_GZIP,
 )
-from kakehashi.modelformat import COMPILED_DIR, DIGEST_ALGORITHM, MODEL_MANIFEST
+from kakehashi.modelformat import COMPILED_DIR, DIGEST_ALGORITHM, MODEL_MANIFEST, RUN_DIR
 
 Compression = Literal["none", "gzip"]
 COMPRESSIONS: Final[tuple[Compression, ...]] = ("none", "gzip")
@@ -131,16 +131,20 @@ def _split(relative: str) -> tuple[str, ...]:
 def model_entries(model_dir: Path) -> list[tuple[str, Path]]:
     """The model's regular files as (posix path relative to `model_dir`, path), sorted by path
     component. Symbolic links to files count as the files they name (their bytes are what the
-    model is); special files are refused."""
+    model is); special files are refused. `run/` (records of the training run, such as its
+    executed notebook) is no part of the model and stays out of the image."""
     if not model_dir.is_dir():
         raise LayerError(f"no model directory at {model_dir}")
     found: list[tuple[str, Path]] = []
     for directory, _, names in os.walk(model_dir):
         for name in names:
             path = Path(directory) / name
+            relative = path.relative_to(model_dir).as_posix()
+            if relative.startswith(f"{RUN_DIR}/"):
+                continue
             if not path.is_file():
                 raise LayerError(f"{path} is not a regular file: a model holds files only")
-            found.append((path.relative_to(model_dir).as_posix(), path))
+            found.append((relative, path))
     if not found:
         raise LayerError(f"{model_dir} holds no files")
     return sorted(found, key=lambda entry: _split(entry[0]))

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from kakehashi.modelformat.layout import MODEL_MANIFEST
+from kakehashi.modelformat.layout import MODEL_MANIFEST, RUN_DIR
 
 DIGEST_ALGORITHM: Final = "sha256"
 _CHUNK: Final = 1 << 20
@@ -26,10 +26,11 @@ def model_files(root: Path, *, exclude_dirs: tuple[str, ...] = ()) -> Iterator[t
     """The files that make up a model under `root`, as (posix relative path, path), sorted.
 
     `model.json` is excluded: it carries the digest, so it cannot be part of what is digested.
-    So is every file under one of `exclude_dirs` (relative directory names).
+    So are `run/` (records of the run, not the model) and every file under one of
+    `exclude_dirs` (relative directory names).
     """
     found: list[tuple[str, Path]] = []
-    prefixes = tuple(f"{d.strip('/')}/" for d in exclude_dirs)
+    prefixes = tuple(f"{d.strip('/')}/" for d in (RUN_DIR, *exclude_dirs))
     for directory, _, files in os.walk(root):
         for name in files:
             path = Path(directory) / name

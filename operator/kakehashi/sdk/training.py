@@ -9,6 +9,10 @@ the CRD (generated from the same model) accepts.
     run.wait(timeout=1800)       # watches; raises RunFailed with the reason and log tail
     run.metrics                  # {"accuracy": 0.97, ...}
     predictor = run.deploy("digits", registry=..., production_namespace="inference")
+
+The code can also be a function of the notebook (`train_func=train`) or a notebook itself
+(`notebook="train.ipynb"`, executed with papermill; `run.executed_notebook()` fetches the
+result): see `kakehashi.sdk.entrypoints`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import shlex
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 from kakehashi import GROUP
@@ -33,8 +38,14 @@ from kakehashi.api.trainingrun import (
     TrainingRunStatus,
 )
 from kakehashi.control.resources import PODS
-from kakehashi.modelformat import ModelArtifact
+from kakehashi.modelformat import EXECUTED_NOTEBOOK, ModelArtifact
 from kakehashi.sdk.connection import Connection, connect
+from kakehashi.sdk.entrypoints import (
+    Entrypoint,
+    function_entrypoint,
+    is_notebook_run,
+    notebook_entrypoint,
+)
 from kakehashi.sdk.errors import NotFound, RunFailed, SpecConflict, WaitTimeout
 from kakehashi.sdk.progress import Mode, Progress
 from kakehashi.sdk.watching import wait_for_object
@@ -58,6 +69,8 @@ def render_spec(
     image: str | None = None,
     command: str | Sequence[str] | None = None,
     args: Sequence[str] = (),
+    train_func: Callable[..., Any] | None = None,
+    notebook: str | Path | None = None,
     hyperparameters: Mapping[str, Scalar] | None = None,
     data: str | None = None,
     output: str | None = None,
@@ -79,14 +92,24 @@ def render_spec(
 ) -> TrainingRunSpec:
     """The TrainingRun spec these arguments describe (validated by the resource's own model).
 
-    `command` is a list, or a string split as a shell would; `replicas` an int (1: a Job; n: n
-    TFJob workers) or the `{chief, worker, ps, evaluator}` map; `git` a URL or `{url, revision,
-    path}`; `gate` `(metric, threshold)` or `{metric, threshold, direction}`.
+    The code is one of: `command` (a list, or a string split as a shell would), `train_func`
+    (a self-contained function, called with the hyperparameters as keyword arguments) or
+    `notebook` (a local .ipynb, or with `git` its path in the repository, executed with
+    papermill, the hyperparameters injected after its `parameters` cell). `replicas` an int
+    (1: a Job; n: n TFJob workers) or the `{chief, worker, ps, evaluator}` map; `git` a URL or
+    `{url, revision, path}`; `gate` `(metric, threshold)` or `{metric, threshold, direction}`.
     """
     # Everything is validated once, by the spec model, so an error names its field's path
     # (data.uri, replicas.worker) as the API server would.
     if isinstance(command, str):
         command = shlex.split(command)
+    env = dict(env or {})
+    code = _entrypoint(command, args, train_func, notebook, hyperparameters or {}, in_repository=git is not None)
+    if code is not None:
+        clash = sorted(set(env) & set(code.env))
+        if clash:
+            raise ValueError(f"env.{clash[0]}: set by the SDK to carry the training code")
+        command, env = code.command, {**env, **code.env}
     if isinstance(replicas, int):
         replicas = {"worker": replicas}
     source = None
@@ -106,7 +129,7 @@ def render_spec(
     fields: dict[str, Any] = {
         "command": list(command or []),
         "args": list(args),
-        "env": [{"name": key, "value": value} for key, value in (env or {}).items()],
+        "env": [{"name": key, "value": value} for key, value in env.items()],
         "source": source,
         "hyperparameters": dict(hyperparameters or {}),
         "data": {"uri": data} if data else None,
@@ -123,6 +146,23 @@ def render_spec(
     if image is not None:  # else the CRD's default (the notebook image), applied by the API server
         fields["image"] = image
     return TrainingRunSpec.model_validate(fields)
+
+
+def _entrypoint(command: Sequence[str] | None, args: Sequence[str], train_func: Callable[..., Any] | None,
+                notebook: str | Path | None, hyperparameters: Mapping[str, Scalar], *,
+                in_repository: bool) -> Entrypoint | None:
+    given = [what for what, value in (("command", command), ("train_func", train_func), ("notebook", notebook))
+             if value]
+    if len(given) > 1:
+        raise ValueError(f"{given[1]}: give one of command, train_func or notebook, not {' and '.join(given)}")
+    if train_func is None and notebook is None:
+        return None
+    if args:
+        raise ValueError(f"args: {given[0]} takes its inputs as hyperparameters, not arguments")
+    if train_func is not None:
+        return function_entrypoint(train_func, hyperparameters)
+    assert notebook is not None
+    return notebook_entrypoint(notebook, hyperparameters, in_repository=in_repository)
 
 
 def body(name: str, namespace: str, spec: TrainingRunSpec) -> dict[str, Any]:
@@ -270,6 +310,42 @@ class TrainingRun:
         """The model's metrics (metrics.json), empty until the run has recorded a model."""
         model = self.model
         return dict(model.metrics) if model else {}
+
+    @property
+    def executed_notebook_uri(self) -> str | None:
+        """Where a notebook run stores its executed notebook (`<output>/run/notebook.ipynb`,
+        beside model.json); None for a run of other code, or before the operator saw it."""
+        output = self.status.output_uri
+        if not is_notebook_run(self.spec.command) or not output:
+            return None
+        return (output if output.endswith("/") else output + "/") + EXECUTED_NOTEBOOK
+
+    def executed_notebook(self, path: str | Path | None = None, *, s3_client: Any = None) -> Path:
+        """Download the executed notebook (parameters injected, every cell's output, the
+        failing cell's error) to `path` (default `<run name>.executed.ipynb`); return the path.
+
+        Reads S3 with boto3 (kakehashi[train], which the notebook images have), with the
+        endpoint and credentials of the environment unless `s3_client` is given. NotFound
+        before the notebook ran, or for a run that is not a notebook run."""
+        uri = self.refresh().executed_notebook_uri
+        if uri is None:
+            what = "is not a notebook run" if not is_notebook_run(self.spec.command) else "has no output URI yet"
+            raise NotFound(f"TrainingRun {self.namespace}/{self.name} {what}: no executed notebook")
+        from kakehashi.artifacts import is_not_found, parse_s3_uri
+
+        if s3_client is None:
+            import boto3
+
+            s3_client = boto3.client("s3")
+        bucket, key = parse_s3_uri(uri)
+        target = Path(path) if path is not None else Path(f"{self.name}.executed.ipynb")
+        try:
+            s3_client.download_file(bucket, key.rstrip("/"), str(target))
+        except Exception as error:
+            if is_not_found(error):
+                raise NotFound(f"no executed notebook at {uri} yet (phase {self.phase})") from None
+            raise
+        return target
 
     @property
     def promotable(self) -> bool | None:

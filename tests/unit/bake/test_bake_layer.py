@@ -177,3 +177,22 @@ def test_the_model_digest_comes_from_the_same_pass(make_model: Any) -> None:
     (model / "compiled" / "record.json").write_text("{}")
     (model / "compiled" / "x.tflite").write_bytes(b"flat")
     assert model_layer(model, "m").model_digest == source_digest(model)
+
+
+def test_the_runs_records_are_no_part_of_the_model_or_its_image(make_model: Any, tmp_path: Path) -> None:
+    """A notebook run's executed notebook lands in run/ beside model.json after the model was
+    saved: the model's digest (recorded in model.json) and the baked layer stay those of the
+    model, so baking it does not fail on a digest mismatch."""
+    from kakehashi.modelformat import EXECUTED_NOTEBOOK, content_digest
+
+    files = {k: v for k, v in FILES.items() if k != "model.json"}
+    model = make_model(files, name="plain")
+    recorded = make_model({**files, EXECUTED_NOTEBOOK: b'{"cells": []}'}, name="with-notebook")
+    assert content_digest(recorded) == content_digest(model)
+    plain, layer = model_layer(model, "m", output_dir=tmp_path), model_layer(recorded, "m", output_dir=tmp_path)
+    assert layer.model_digest == content_digest(model)
+    assert (layer.digest, layer.files) == (plain.digest, plain.files)
+    assert not any("notebook" in name for name in layer.files)
+    # Anything else new is part of the model: its digest changes.
+    other = make_model({**files, "runs/notebook.ipynb": b"{}"}, name="other")
+    assert content_digest(other) != content_digest(model)
