@@ -8,6 +8,7 @@ explicit kubeconfig or namespace wins over both.
 from __future__ import annotations
 
 import getpass
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -18,6 +19,8 @@ from kakehashi.control.client import Kube, api_client
 
 # Where Kubernetes mounts a pod's service-account namespace.
 POD_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# Set by the kubelet in every pod: the in-cluster configuration applies (the client's own test).
+IN_CLUSTER_ENV: Final = "KUBERNETES_SERVICE_HOST"
 
 
 def default_namespace(kubeconfig: Path | str | None = None) -> str:
@@ -60,6 +63,10 @@ class Connection:
 
     @classmethod
     def from_environment(cls, kubeconfig: Path | str | None = None, namespace: str | None = None) -> Connection:
+        if kubeconfig is None and not os.environ.get(IN_CLUSTER_ENV):
+            # Read now: the Kubernetes client reads $KUBECONFIG once, when it is imported, so a
+            # notebook's os.environ["KUBECONFIG"] = ... after `import kakehashi.sdk` was ignored.
+            kubeconfig = os.environ.get("KUBECONFIG") or None
         # pool_size small: a notebook makes a few calls at a time, not the operator's hundreds.
         return cls(api_client(kubeconfig, pool_size=4), namespace or default_namespace(kubeconfig))
 

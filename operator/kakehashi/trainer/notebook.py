@@ -184,7 +184,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     name = ctx.args[0]
     inline = env.get(contract.ENV_NOTEBOOK)
-    from papermill.exceptions import PapermillExecutionError
+    try:
+        from papermill.exceptions import PapermillExecutionError
+    except ModuleNotFoundError:
+        print("kakehashi: papermill is not installed in this training image: a notebook runs in an "
+              "image with pip install 'kakehashi[train,notebook]' (the platform's notebook images)",
+              file=sys.stderr)
+        return 2
 
     with tempfile.TemporaryDirectory(prefix="kakehashi-notebook-") as scratch:
         if inline:
