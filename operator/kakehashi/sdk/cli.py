@@ -147,6 +147,9 @@ def _message(message: str | None) -> None:
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--image", help="Training image (default: the platform's notebook image).")
+@click.option("--notebook", type=click.Path(dir_okay=False),
+              help="Run this notebook with papermill instead of COMMAND: a local .ipynb (sent with the "
+                   "run), or with --git its path in the repository; -p values replace its parameters cell.")
 @click.option("-p", "--hyperparameter", "hyperparameters", multiple=True, metavar="KEY=VALUE",
               help="A hyperparameter (repeatable); values read as YAML scalars: 5, 0.01, true, adam.")
 @click.option("--data", help="Training data URI (s3://...).")
@@ -167,7 +170,7 @@ def _message(message: str | None) -> None:
 @click.option("--logs", "follow_logs", is_flag=True, help="With --wait: stream the training log meanwhile.")
 @common
 @errors
-def train(name: str, command: tuple[str, ...], image: str | None, hyperparameters: tuple[str, ...],
+def train(name: str, command: tuple[str, ...], image: str | None, notebook: str | None, hyperparameters: tuple[str, ...],
           data: str | None, output_uri: str | None, replicas: int, gpu: int, cpu: str | None,
           memory: str | None, git: str | None, revision: str | None, gate: str | None,
           env: tuple[str, ...], pod_annotation: tuple[str, ...], backoff_limit: int, deadline: int | None,
@@ -181,12 +184,14 @@ def train(name: str, command: tuple[str, ...], image: str | None, hyperparameter
     \b
     kakehashi train digits -p epochs=5 --data s3://data/digits/ --gate 'accuracy>=0.9' \\
         -- python examples/digits/train.py
+    kakehashi train digits-nb --notebook train.ipynb -p epochs=5 --wait
     """
     from kakehashi.sdk.training import TrainingRun
 
     connection = _connect(kubeconfig, namespace)
     run = TrainingRun(
         name, connection=connection, namespace=connection.namespace, image=image, command=list(command),
+        notebook=notebook,
         hyperparameters={k: _scalar(v) for k, v in _pairs(hyperparameters, "--hyperparameter").items()},
         data=data, output=output_uri, replicas=replicas, gpu=gpu, cpu=cpu, memory=memory, git=git,
         revision=revision, gate=_gate(gate), env=_pairs(env, "--env"),
@@ -227,6 +232,8 @@ def status(name: str, kubeconfig: str | None, namespace: str | None, fmt: str) -
     _message(state.message)
     if state.model is not None:
         click.echo(f"\nModel: {state.model.uri} {state.model.digest}")
+    if run.executed_notebook_uri:
+        click.echo(f"Executed notebook: {run.executed_notebook_uri}")
     if state.conditions:
         click.echo("\n" + output.table(
             [{"condition": c.type, "status": c.status, "reason": c.reason, "since": output.age(c.last_transition_time)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import yaml
@@ -138,3 +139,25 @@ def test_without_the_sdk_extra_help_works_and_a_verb_says_what_to_install() -> N
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.startswith("1 Error: kubernetes is not installed: this verb needs pip install 'kakehashi[sdk]'")
+
+
+def test_train_a_notebook_and_its_status_says_where_the_executed_notebook_is(
+        connection: FakeConnection, tmp_path: Any) -> None:
+    notebook = tmp_path / "train.ipynb"
+    notebook.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "epochs = 5\n", "outputs": [],
+         "execution_count": None}]}))
+    result = CliRunner().invoke(main, ["train", "nb", "--notebook", str(notebook), "-p", "epochs=3"])
+    assert result.exit_code == 0, result.output
+    stored = connection.kube.objects[("trainingruns", "team", "nb")]
+    assert stored["spec"]["command"] == ["python", "-m", "kakehashi.trainer.notebook", "train.ipynb"]
+    assert [e["name"] for e in stored["spec"]["env"]] == ["KAKEHASHI_NOTEBOOK"]
+    stored["status"] = {"phase": "Succeeded", "outputUri": "s3://models/team/nb/u1/"}
+    status = CliRunner().invoke(main, ["status", "nb"])
+    assert "Executed notebook: s3://models/team/nb/u1/run/notebook.ipynb" in status.output
+
+    typo = CliRunner().invoke(main, ["train", "nb2", "--notebook", str(notebook), "-p", "epoch=3"])
+    assert typo.exit_code == 1 and "Traceback" not in typo.output
+    assert "hyperparameters.epoch: the parameters cell of notebook train.ipynb sets no 'epoch'" in typo.output
+    both = CliRunner().invoke(main, ["train", "nb3", "--notebook", str(notebook), "--", "python", "x.py"])
+    assert both.exit_code == 1 and "give one of command, train_func or notebook" in both.output
