@@ -35,6 +35,7 @@ from kakehashi.trainer.context import HyperparameterValue, TrainingContext, cont
 from kakehashi.trainer.data import local_path, s3_client
 
 KERNEL: Final = "python3"
+KERNEL_START_TIMEOUT_S: Final = 300
 # papermill colours tracebacks for terminals; the log and the run's status are plain text.
 _ANSI: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -143,6 +144,9 @@ def execute(source: Path, executed: Path, parameters: Mapping[str, Hyperparamete
 
     papermill.execute_notebook(
         str(source), str(executed), parameters=dict(parameters), kernel_name=KERNEL, cwd=str(cwd),
+        # No cell timeout (the run's activeDeadlineSeconds is the bound); the kernel may take
+        # longer than papermill's 60 s to start on a node busy with other training.
+        start_timeout=KERNEL_START_TIMEOUT_S, execution_timeout=None,
         progress_bar=False, log_output=False, stdout_file=sys.stdout, stderr_file=sys.stderr)
 
 
