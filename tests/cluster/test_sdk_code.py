@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from kakehashi import contract
@@ -24,6 +25,7 @@ from kakehashi.modelformat import EXECUTED_NOTEBOOK, content_digest
 from kakehashi.sdk import Connection, RunFailed, TrainingRun
 
 FAST = {"kwok.kakehashi.dev/run-duration": "1s"}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def train_tiny(epochs: int = 1, units: int = 4) -> None:
@@ -198,17 +200,17 @@ print("phase", run.phase, flush=True)
 def test_in_a_notebook_pod_the_sdk_uses_the_pods_service_account(connection: Connection, dev_env: Any,
                                                                 learning: Any) -> None:
     """The training image is the notebook image: `import kakehashi.sdk` works there, and with no
-    kubeconfig and no namespace given the SDK acts as the pod's service account in its namespace
-    (a Role grants it TrainingRuns, as a platform would for a team's notebooks)."""
+    kubeconfig and no namespace given the SDK acts as the pod's service account in its namespace,
+    with the rights manifests/notebooks/rbac.yaml gives notebook pods."""
     namespace = connection.namespace
     core, rbac = client.CoreV1Api(learning), client.RbacAuthorizationV1Api(learning)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "notebook"}})
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": "notebook"}, "rules": [
-        {"apiGroups": ["kakehashi.dev"], "resources": ["trainingruns"], "verbs": ["get", "list", "watch", "create"]}]})
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "notebook"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "notebook"},
-        "subjects": [{"kind": "ServiceAccount", "name": "notebook", "namespace": namespace}]})
+    for document in yaml.safe_load_all((REPO / "manifests" / "notebooks" / "rbac.yaml").read_text()):
+        if document["kind"] == "RoleBinding":
+            for subject in document["subjects"]:
+                subject["namespace"] = namespace  # what kustomize's namespace: sets
+        create = {"ServiceAccount": core.create_namespaced_service_account, "Role": rbac.create_namespaced_role,
+                  "RoleBinding": rbac.create_namespaced_role_binding}[document["kind"]]
+        create(namespace, document)
     core.create_namespaced_pod(namespace, {
         "metadata": {"name": "notebook"},
         "spec": {"serviceAccountName": "notebook", "restartPolicy": "Never",
