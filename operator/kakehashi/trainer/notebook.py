@@ -124,6 +124,8 @@ def without_outputs(notebook: Mapping[str, Any]) -> dict[str, Any]:
     cells = []
     for cell in notebook.get("cells", []):
         kept: dict[str, Any] = {"cell_type": cell.get("cell_type", "code"), "source": cell_source(cell)}
+        if "id" in cell:  # nbformat 4.5 cell ids: kept, so the executed notebook's cells match
+            kept["id"] = cell["id"]
         tags = (cell.get("metadata") or {}).get("tags")
         kept["metadata"] = {"tags": list(tags)} if tags else {}
         if kept["cell_type"] == "code":
