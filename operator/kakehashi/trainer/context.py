@@ -67,6 +67,26 @@ def convert(key: str, value: HyperparameterValue, kind: type[T]) -> T:
         ) from None
 
 
+def typed_like(hyperparameters: Mapping[str, HyperparameterValue],
+               defaults: Mapping[str, object]) -> Hyperparameters:
+    """The hyperparameters, each typed as the default it replaces (a function's parameter
+    default, a notebook's parameters cell): JSON through the API server turns 5.0 into 5, so a
+    `learning_rate=0.1` parameter would otherwise receive the int 5. A value that cannot take
+    the default's type raises a ValueError naming the hyperparameter."""
+    typed: Hyperparameters = dict(hyperparameters)
+    for key, value in hyperparameters.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):  # before int: bool is a subclass of int
+            typed[key] = convert(key, value, bool)
+        elif isinstance(default, int):
+            typed[key] = convert(key, value, int)
+        elif isinstance(default, float):
+            typed[key] = convert(key, value, float)
+        elif isinstance(default, str):
+            typed[key] = convert(key, value, str)
+    return typed
+
+
 def _convert_like(key: str, raw: str, like: HyperparameterValue) -> HyperparameterValue:
     # bool before int: bool is a subclass of int.
     if isinstance(like, bool):

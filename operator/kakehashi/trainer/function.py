@@ -2,12 +2,13 @@
 
 The SDK ships the function's source in KAKEHASHI_FUNCTION (`TrainingRun(train_func=...)`,
 Kubeflow's `create_job(train_func=...)` habit); this defines it and calls it with the run's
-hyperparameters as keyword arguments, typed as they were given (`epochs=5` arrives as the int
-5). Inside it, `kakehashi.trainer.context()` and `trainer.save()` work as in a script.
+hyperparameters as keyword arguments, typed as the parameters' defaults (`learning_rate=0.1`
+receives 5.0 for 5). Inside it, `kakehashi.trainer.context()` and `trainer.save()` work as in a script.
 """
 
 from __future__ import annotations
 
+import inspect
 import linecache
 import os
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kakehashi import contract
-from kakehashi.trainer.context import context
+from kakehashi.trainer.context import context, typed_like
 
 
 def load(source: str, name: str) -> Callable[..., Any]:
@@ -33,6 +34,18 @@ def load(source: str, name: str) -> Callable[..., Any]:
     return called
 
 
+def defaults(function: Callable[..., Any]) -> dict[str, object]:
+    """Each parameter's default, or for one without, an instance of its annotation's scalar
+    type (`epochs: int` -> 0): what the hyperparameters are typed like."""
+    found: dict[str, object] = {}
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.default is not parameter.empty:
+            found[parameter.name] = parameter.default
+        elif parameter.annotation in (bool, int, float, str):
+            found[parameter.name] = parameter.annotation()
+    return found
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     ctx = context(sys.argv[1:] if argv is None else argv, env)
@@ -43,10 +56,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     name = ctx.args[0]
     function = load(source, name)
-    shown = ", ".join(f"{key}={value!r}" for key, value in sorted(ctx.hyperparameters.items()))
+    try:
+        arguments = typed_like(ctx.hyperparameters, defaults(function))
+    except ValueError as error:
+        print(f"kakehashi: {error}", file=sys.stderr)
+        return 2
+    shown = ", ".join(f"{key}={value!r}" for key, value in sorted(arguments.items()))
     print(f"kakehashi: calling {name}({shown})", file=sys.stderr, flush=True)
     try:
-        function(**ctx.hyperparameters)
+        function(**arguments)
     except Exception:
         # Python's own handler of an uncaught exception reads source lines from files only;
         # this one reads linecache, so the function's lines show.

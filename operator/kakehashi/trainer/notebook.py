@@ -1,7 +1,8 @@
 """A notebook as the training job: `python -m kakehashi.trainer.notebook NOTEBOOK`.
 
 The run's hyperparameters become the notebook's parameters the way papermill does it: a cell
-injected after the cell tagged `parameters` (which holds the defaults) overrides them. The
+injected after the cell tagged `parameters` (which holds the defaults) overrides them, each
+typed like its default (5 for `learning_rate = 0.1` is injected as 5.0). The
 notebook executes with papermill in the training container, its cells' output streaming into the
 container's log; the executed notebook, outputs and the injected cell included, is stored in
 the run's output prefix beside the model, as `run/notebook.ipynb` (no part of the model: see
@@ -31,7 +32,7 @@ from typing import Any, Final
 
 from kakehashi import contract
 from kakehashi.modelformat import EXECUTED_NOTEBOOK
-from kakehashi.trainer.context import HyperparameterValue, TrainingContext, context
+from kakehashi.trainer.context import HyperparameterValue, TrainingContext, context, typed_like
 from kakehashi.trainer.data import local_path, s3_client
 
 KERNEL: Final = "python3"
@@ -90,6 +91,30 @@ def assigned_names(source: str) -> set[str] | None:
                 if isinstance(leaf, ast.Name):
                     names.add(leaf.id)
     return names
+
+
+def default_values(notebook: Mapping[str, Any]) -> dict[str, object]:
+    """The literal values the parameters cell assigns (`epochs = 5`), to type the injected
+    hyperparameters like; names assigned anything else are left out."""
+    cell = parameters_cell(notebook)
+    try:
+        tree = ast.parse(cell_source(cell)) if cell else None
+    except SyntaxError:
+        return {}
+    found: dict[str, object] = {}
+    for node in tree.body if tree else []:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            try:
+                found[target.id] = ast.literal_eval(value)
+            except ValueError:
+                continue
+    return found
 
 
 def check_parameters(notebook: Mapping[str, Any], hyperparameters: Mapping[str, HyperparameterValue],
@@ -209,17 +234,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 print(f"kakehashi: no notebook {name} in {Path.cwd()}", file=sys.stderr)
                 return 2
         try:
-            check_parameters(read_notebook(source.read_text(), name), ctx.hyperparameters, name)
-        except NotebookError as error:
+            notebook = read_notebook(source.read_text(), name)
+            check_parameters(notebook, ctx.hyperparameters, name)
+            parameters = typed_like(ctx.hyperparameters, default_values(notebook))
+        except ValueError as error:
             print(f"kakehashi: {error}", file=sys.stderr)
             return 2
         executed = Path(scratch) / "executed.ipynb"
-        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(ctx.hyperparameters.items()))
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(parameters.items()))
         print(f"kakehashi: executing notebook {name} with papermill ({shown or 'no parameters'})",
               file=sys.stderr, flush=True)
         failure: PapermillExecutionError | None = None
         try:
-            execute(source, executed, ctx.hyperparameters, cwd)
+            execute(source, executed, parameters, cwd)
         except PapermillExecutionError as error:
             failure = error
         finally:

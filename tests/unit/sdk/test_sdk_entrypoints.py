@@ -85,12 +85,19 @@ def test_a_function_runs_in_the_container_with_the_hyperparameters_as_typed_keyw
 
 
 def test_an_error_in_the_function_fails_the_container_with_a_traceback_showing_its_line(tmp_path: Path) -> None:
-    result = _container(function_entrypoint(explode, {"rate": 0.9}), {"rate": 0.9}, tmp_path)
+    # 2, as the API server hands back 2.0 (JSON numbers): typed like the default 0.5, it is 2.0.
+    result = _container(function_entrypoint(explode, {"rate": 2.0}), {"rate": 2}, tmp_path)
     assert result.returncode == 1
     lines = result.stderr.rstrip().splitlines()
-    assert lines[-1] == "ValueError: learning rate 0.9 diverges"
+    assert lines[-1] == "ValueError: learning rate 2.0 diverges"
     assert 'File "<explode>", line 3, in explode' in result.stderr
     assert 'raise ValueError(f"learning rate {rate} diverges")' in result.stderr  # the line itself
+
+
+def test_a_hyperparameter_that_cannot_take_its_parameters_type_is_named(tmp_path: Path) -> None:
+    result = _container(function_entrypoint(train, {"out": "x", "epochs": 3}), {"out": "x", "epochs": "many"}, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "kakehashi: hyperparameter epochs='many' is not a valid int"
 
 
 def _closure() -> Callable[..., Any]:
@@ -255,7 +262,8 @@ def test_a_failing_cell_fails_the_container_with_its_error_last_and_the_notebook
     entrypoint = notebook_entrypoint(_notebook(tmp_path / "train.ipynb", *TRAINING_CELLS), {"learning_rate": 2.0},
                                      in_repository=False)
     output = tmp_path / "output"
-    result = _container(entrypoint, {"learning_rate": 2.0}, tmp_path, **{contract.ENV_OUTPUT_URI: output.as_uri()})
+    # 2, as the API server hands 2.0 back: injected typed like the parameters cell's 0.01.
+    result = _container(entrypoint, {"learning_rate": 2}, tmp_path, **{contract.ENV_OUTPUT_URI: output.as_uri()})
     assert result.returncode == 1
     last = result.stderr.rstrip().splitlines()[-1]
     assert last == ("kakehashi: notebook train.ipynb failed at In [4] (assert learning_rate < 1, f'learning rate "
@@ -264,6 +272,8 @@ def test_a_failing_cell_fails_the_container_with_its_error_last_and_the_notebook
     executed = json.loads((output / "run" / "notebook.ipynb").read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert [(e["ename"], e["evalue"]) for e in errors] == [("AssertionError", "learning rate 2.0 diverges")]
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert [_text(c["source"]) for c in injected] == ["# Parameters\nlearning_rate = 2.0\n"]
 
 
 def test_the_executed_notebook_is_found_beside_the_model_of_a_notebook_run_only(tmp_path: Path) -> None:
