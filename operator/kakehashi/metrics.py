@@ -43,3 +43,8 @@ MODELSERVICE_PHASE: Final = Gauge(
     "A ModelService's phase: 1 for the phase it is in.",
     ["namespace", "name", "phase"],
 )
+LEADER: Final = Gauge(
+    "kakehashi_operator_leader",
+    "1 while this replica reconciles (it holds the leader Lease, or runs without leader election), "
+    "0 while it waits as standby.",
+)

@@ -76,6 +76,23 @@ class OperatorSettings(BaseSettings):
         default="http://0.0.0.0:8080/healthz", description="kopf's liveness endpoint ('' to disable)."
     )
     log_format: Literal["json", "plain"] = Field(default="json", description="Log line format.")
+    leader_election: bool = Field(
+        default=False,
+        description="Reconcile only while holding the leader Lease: replicas of one Deployment "
+        "run one active and the others standby (the Deployment turns it on).",
+    )
+    leader_election_lease: str = Field(default="kakehashi-operator", description="Name of the leader Lease.")
+    leader_election_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the leader Lease (default: the pod's own, else kakehashi-system).",
+    )
+    lease_seconds: float = Field(
+        default=15.0,
+        ge=3,
+        description="How long the leader Lease lasts unrenewed: a standby takes over this long after a "
+        "leader died without releasing it. Renewed every lease/7.5 s; a leader that could not renew "
+        "for 2/3 of it exits.",
+    )
 
     @field_validator("bake_node_selector", mode="before")
     @classmethod

@@ -103,6 +103,13 @@ class Kube:
                 return None
             raise
 
+    def replace(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT the whole object; with `metadata.resourceVersion` set, a 409 means someone else
+        changed it since it was read (optimistic concurrency)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        result: dict[str, Any] = self._call("PUT", resource.path(namespace, name), body)
+        return result
+
     def list_objects(self, resource: Resource, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
         result: dict[str, Any] = self._call("GET", resource.path(namespace), query=query)

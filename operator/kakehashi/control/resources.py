@@ -37,6 +37,7 @@ SERVICES: Final = Resource("", "v1", "services", "Service")
 HPAS: Final = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
 PDBS: Final = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 HTTPROUTES: Final = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+LEASES: Final = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
 BY_KIND: Final = {r.kind: r for r in (PODS, SECRETS, JOBS, TFJOBS, DEPLOYMENTS, SERVICES, HPAS, PDBS, HTTPROUTES)}
 
