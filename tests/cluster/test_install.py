@@ -55,6 +55,16 @@ NEEDS = [
     Need("", "secrets", ("get",), "notify.py, serving/reconciler.py, serving/gitops.py (Kube.read_secret)"),
 ]
 
+LEADER_ROLE = "kakehashi-operator-leader"
+LEASE = "kakehashi-operator"
+# The Role in the operator's namespace (control/leader.py): (group, resource, verb, resourceName
+# or "" for any), exactly.
+LEADER_NEEDS = {
+    ("coordination.k8s.io", "leases", "get", LEASE),  # every try: who holds it, at which version
+    ("coordination.k8s.io", "leases", "update", LEASE),  # renew, take over, release
+    ("coordination.k8s.io", "leases", "create", ""),  # the first replica ever started
+}
+
 # (verb, group, resource, namespace or "" for all namespaces / cluster-scoped): what it must not do.
 FORBIDDEN = [
     ("list", "", "secrets", PROBE_NAMESPACE),
@@ -100,6 +110,13 @@ FORBIDDEN = [
     ("patch", "batch", "jobs", PROBE_NAMESPACE),
     ("delete", "kubeflow.org", "tfjobs", PROBE_NAMESPACE),
     ("delete", "", "events", PROBE_NAMESPACE),
+    # Leases other than its own: node heartbeats, other controllers' leader elections.
+    ("update", "coordination.k8s.io", "leases", "kube-node-lease"),
+    ("update", "coordination.k8s.io", "leases", "kube-system"),
+    ("create", "coordination.k8s.io", "leases", PROBE_NAMESPACE),
+    ("list", "coordination.k8s.io", "leases", NAMESPACE),
+    ("delete", "coordination.k8s.io", "leases", NAMESPACE),
+    ("update", "coordination.k8s.io", "leases", ""),
 ]
 
 
@@ -159,10 +176,18 @@ def test_operator_deployment_runs_as_the_service_account_with_probe_and_metrics(
 ) -> None:
     deployment = _find(learning_install, "Deployment", "kakehashi-operator")
     assert deployment["metadata"]["namespace"] == NAMESPACE
+    # A leader and a standby, decided by the Lease; each names itself by its pod.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == SERVICE_ACCOUNT
     (container,) = pod["containers"]
     args = container["args"]
+    assert "--leader-election" in args
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    budget = _find(learning_install, "PodDisruptionBudget", "kakehashi-operator")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert f"--metrics-port={ports['metrics']}" in args
     probe = container["livenessProbe"]["httpGet"]
@@ -186,6 +211,16 @@ def test_cluster_role_grants_exactly_what_the_code_uses(learning_install: list[d
     assert not granted - needed, f"the ClusterRole grants what no code uses: {sorted(granted - needed)}"
     binding = _find(learning_install, "ClusterRoleBinding", "kakehashi-operator")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]
+    leader = _find(learning_install, "Role", LEADER_ROLE)
+    assert leader["metadata"]["namespace"] == NAMESPACE
+    granted_leader = {(group, resource, verb, name) for rule in leader["rules"]
+                      for group in rule["apiGroups"] for resource in rule["resources"]
+                      for verb in rule["verbs"] for name in rule.get("resourceNames") or [""]}
+    assert granted_leader == LEADER_NEEDS
+    leader_binding = _find(learning_install, "RoleBinding", LEADER_ROLE)
+    assert leader_binding["metadata"]["namespace"] == NAMESPACE
+    assert leader_binding["roleRef"]["name"] == LEADER_ROLE
+    assert leader_binding["subjects"] == binding["subjects"]
 
 
 def _exists(env: Any, kind: str, name: str) -> bool:
@@ -198,6 +233,7 @@ def installed_rbac(dev_env: Any, learning_install: list[dict[str, Any]]) -> Iter
     namespaces = [d for d in learning_install if d["kind"] == "Namespace"]
     rbac = [d for d in learning_install
             if d["kind"] in ("ClusterRole", "ClusterRoleBinding")
+            or (d["kind"] in ("Role", "RoleBinding") and d["metadata"]["name"] == LEADER_ROLE)
             or (d["kind"] == "ServiceAccount" and d["metadata"]["name"] == SERVICE_ACCOUNT)]
     created_namespaces = [d["metadata"]["name"] for d in namespaces if not _exists(dev_env, "namespace", d["metadata"]["name"])]
     created_cluster = [(d["kind"].lower(), d["metadata"]["name"]) for d in rbac
@@ -229,12 +265,13 @@ def test_learning_install_is_accepted_by_the_api_server(
     assert "PodSecurity" not in result.stderr, result.stderr
 
 
-def _allowed(api: Any, verb: str, group: str, resource: str, namespace: str) -> bool:
+def _allowed(api: Any, verb: str, group: str, resource: str, namespace: str, name: str = "") -> bool:
     plural, _, subresource = resource.partition("/")
     review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
         user=USER, groups=GROUPS,
         resource_attributes=client.V1ResourceAttributes(
-            verb=verb, group=group, resource=plural, subresource=subresource or None, namespace=namespace or None),
+            verb=verb, group=group, resource=plural, subresource=subresource or None, namespace=namespace or None,
+            name=name or None),
     ))
     answer = client.AuthorizationV1Api(api).create_subject_access_review(review)
     return bool(answer.status.allowed)
@@ -248,6 +285,9 @@ def test_operator_can_do_everything_its_code_does(learning: Any, installed_rbac:
         for namespace in ([""] if n.resource in cluster_scoped else [PROBE_NAMESPACE, ""])
         if not _allowed(learning, verb, n.group, n.resource, namespace)
     ]
+    missing += [f"{verb} {group}/{resource} {name} in {NAMESPACE} (control/leader.py)"
+                for group, resource, verb, name in sorted(LEADER_NEEDS)
+                if not _allowed(learning, verb, group, resource, NAMESPACE, name)]
     assert not missing, "the operator's ServiceAccount is refused:\n" + "\n".join(missing)
 
 
@@ -255,6 +295,9 @@ def test_operator_cannot_do_what_it_should_not(dev_env: Any, learning: Any, inst
     granted = [f"{verb} {group or 'core'}/{resource} in {namespace or 'the cluster'}"
                for verb, group, resource, namespace in FORBIDDEN
                if _allowed(learning, verb, group, resource, namespace)]
+    # Its own namespace's other Leases: the Role names one.
+    granted += [f"{verb} lease kakehashi-other in {NAMESPACE}" for verb in ("get", "update")
+                if _allowed(learning, verb, "coordination.k8s.io", "leases", NAMESPACE, "kakehashi-other")]
     assert not granted, "the operator's ServiceAccount may:\n" + "\n".join(granted)
     # The same answer a person gets from kubectl, impersonating the ServiceAccount.
     answer = _kubectl(dev_env, "auth", "can-i", "list", "secrets", "--all-namespaces", f"--as={USER}", check=False)
@@ -289,7 +332,11 @@ def test_the_operator_reconciles_as_its_service_account(
     install_crds(dev_env)
     kubeconfig = _service_account_kubeconfig(dev_env, tmp_path / "operator.kubeconfig")
     log = tmp_path / "operator.log"
-    operator = LocalOperator(dev_env, log, extra_env={"KUBECONFIG": str(kubeconfig)})
+    # With the Deployment's leader election, on the Deployment's Lease: it is created (or taken),
+    # renewed and released as the ServiceAccount too.
+    operator = LocalOperator(dev_env, log, extra_env={
+        "KUBECONFIG": str(kubeconfig), "KAKEHASHI_LEADER_ELECTION": "true",
+        "KAKEHASHI_LEADER_ELECTION_NAMESPACE": NAMESPACE, "KAKEHASHI_LEADER_ELECTION_LEASE": LEASE})
     operator.start()
     try:
         runs = Runs(learning, namespace)
@@ -329,7 +376,10 @@ def test_the_operator_reconciles_as_its_service_account(
         wait_for(gone, 60, "the ModelService deleted (the operator removed its finalizer)")
     finally:
         operator.stop()
+    lease = client.CoordinationV1Api(learning).read_namespaced_lease(LEASE, NAMESPACE)
+    assert lease.spec.holder_identity in ("", None), "a clean stop hands the Lease back"
     text = log.read_text()
+    assert "Acquired the leader Lease" in text and "Released the leader Lease" in text
     refused = [line for line in text.splitlines()
                if "Forbidden" in line or "403" in line or "Not enough permissions" in line]
     assert not refused, "the API server refused calls of the operator:\n" + "\n".join(refused)[:3000]
