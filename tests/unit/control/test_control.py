@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -107,9 +109,6 @@ def test_the_allowlist_permits_networks_and_host_names() -> None:
 
 def test_image_commands_start_without_the_operator_dependencies() -> None:
     """The bake Job's image (kakehashi[train]) has no kopf or kubernetes: its commands must start."""
-    import subprocess
-    import sys
-
     script = (
         "import sys\n"
         "class Block:\n"
@@ -165,3 +164,68 @@ def test_the_client_treats_409_on_create_as_done_and_404_as_gone() -> None:
     with pytest.raises(ApiException) as info:
         refused.create(JOBS, job)
     assert isinstance(classify(info.value), PermanentError)
+
+
+def _operator_closure() -> set[str]:
+    """The distributions `pip install kakehashi[operator]` brings: the base dependencies and the
+    operator extra, and theirs, recursively (from this environment's installed metadata)."""
+    import tomllib
+    from importlib import metadata
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())["project"]
+    pending = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["operator"]]
+    seen: set[str] = set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        extras = {"", *requirement.extras}
+        for text in metadata.requires(requirement.name) or []:
+            dependency = Requirement(text)
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in extras):
+                pending.append(dependency)
+    return seen
+
+
+PROBED_ONLY = {"orjson", "msgspec"}
+
+
+def test_the_operator_starts_with_only_its_extra_installed() -> None:
+    """The operator image installs kakehashi[operator] and nothing else: every module
+    `kakehashi operator run` imports must come from it (githubkit, for gitops delivery, once
+    did not, and the image could not start)."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    allowed = sorted({top for top, dists in metadata.packages_distributions().items()
+                      if {canonicalize_name(d) for d in dists} & _operator_closure()})
+    script = (
+        "import sys\n"
+        f"allowed = set({allowed!r}) | set(sys.stdlib_module_names) | {{'kakehashi', '_distutils_hack'}}\n"
+        # Optional speed-ups a dependency only probes for (python-json-logger: find_spec), which
+        # a blocker cannot answer "absent" to; used if present, not needed.
+        f"allowed |= set({sorted(PROBED_ONLY)!r})\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] not in allowed:\n"
+        "            raise ModuleNotFoundError('not in kakehashi[operator]: ' + name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        # What run() imports before it starts kopf, and the leader election's module.
+        "import boto3, kopf, prometheus_client\n"
+        "from kakehashi import artifacts, metrics, runner\n"
+        "from kakehashi.control import client, leader\n"
+        "from kakehashi.serving import handlers, reconciler\n"
+        "from kakehashi.training import handlers, reconciler\n"
+        "from kakehashi.cli import main\n"
+        "main(['operator', 'run', '--help'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--leader-election" in result.stdout
