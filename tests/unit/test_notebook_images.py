@@ -197,7 +197,7 @@ def test_has_git_and_the_package_with_the_sdk_and_no_kubectl(target: str) -> Non
     # The package comes from the `kakehashi` stage, its pip line naming the extras.
     assert "COPY --from=kakehashi /install /usr/local" in [
         f"{k} {rest}" for k, rest in image_steps(target)]
-    assert re.search(r'pip install --prefix=/install "/tmp/kakehashi\[train,sdk\]"',
+    assert re.search(r'pip install --prefix=/install "/tmp/kakehashi\[train,sdk,notebook\]"',
                      " ".join(rest for _, rest in stages()["kakehashi"]))
     assert "kubectl" not in DOCKERFILE.read_text()
 
