@@ -340,7 +340,9 @@ def test_the_learning_policies_and_notebook_namespace_are_accepted(dev_env: Any)
     try:
         _kubectl(dev_env, "learning", "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-",
                  stdin=yaml.safe_dump(namespace))
-        result = _kubectl(dev_env, "learning", "apply", "--server-side", "--dry-run=server",
+        # --force-conflicts: a notebook server an earlier test or user applied (another field
+        # manager) must not hide whether the API server accepts these objects.
+        result = _kubectl(dev_env, "learning", "apply", "--server-side", "--dry-run=server", "--force-conflicts",
                           f"--field-manager={FIELD_MANAGER}", "-f", "-",
                           stdin=yaml.safe_dump_all(policies + notebooks), check=False)
         assert result.returncode == 0, result.stderr
