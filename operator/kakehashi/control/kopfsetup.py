@@ -51,9 +51,16 @@ async def resync_forever(controller: Resyncable, every_s: float) -> None:
 
 
 def start(memo: kopf.Memo, name: str, controller: Resyncable, every_s: float) -> None:
-    """Start a controller's resync (kopf's startup). The task is kept in the memo: the event
-    loop holds tasks only weakly, and `stop` needs it."""
-    setattr(memo, f"{name}_resync", asyncio.get_running_loop().create_task(resync_forever(controller, every_s)))
+    """Start a controller's resync, once, from inside a kopf event handler (not from startup).
+
+    kopf's Event poster (`kopf.event`) is found through context variables that kopf sets only
+    in the task handling one object's events, not in startup handlers; a task inherits the
+    context it is created in. Started from startup, the resync and every reconcile it asked
+    for (a PR merged, a deletion's next step: nothing a watch tells about) failed on posting
+    their Event with LookupError and were retried forever. The task is kept in the memo: the
+    event loop holds tasks only weakly, and `stop` needs it."""
+    if getattr(memo, f"{name}_resync", None) is None:
+        setattr(memo, f"{name}_resync", asyncio.get_running_loop().create_task(resync_forever(controller, every_s)))
 
 
 def stop(memo: kopf.Memo, name: str, controller: Closable) -> None:

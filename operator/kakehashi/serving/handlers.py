@@ -33,12 +33,6 @@ def _get(memo: kopf.Memo) -> ServiceReconciler:
     return reconciler
 
 
-@kopf.on.startup()
-async def start_resync(memo: kopf.Memo, **_: Any) -> None:
-    rec = _get(memo)
-    kopfsetup.start(memo, "modelservices", rec, rec.settings.resync_seconds)
-
-
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     kopfsetup.stop(memo, "modelservices", _get(memo))
@@ -64,6 +58,8 @@ def _bind(kwargs: dict[str, Any]) -> ServiceReconciler:
     if not rec.indices:
         rec.bind(services=kwargs["services"], bakejobs=kwargs["bakejobs"], bakepods=kwargs["bakepods"],
                  runs=kwargs["runs"])
+        # Here, in a handler's context, not at startup: see kopfsetup.start.
+        kopfsetup.start(kwargs["memo"], "modelservices", rec, rec.settings.resync_seconds)
     return rec
 
 

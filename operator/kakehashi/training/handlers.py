@@ -31,8 +31,7 @@ def _get(memo: kopf.Memo) -> Reconciler:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     kopfsetup.configure(settings)
-    rec = _get(memo)
-    kopfsetup.start(memo, "trainingruns", rec, rec.settings.resync_seconds)
+    _get(memo)  # fail at startup, not at the first event, when the operator lacks its controller
 
 
 @kopf.on.cleanup()
@@ -64,6 +63,8 @@ def _bind(kwargs: dict[str, Any]) -> Reconciler:
     rec = _get(kwargs["memo"])
     if not rec.indices:
         rec.bind(runs=kwargs["runs"], jobs=kwargs["jobs"], tfjobs=kwargs["tfjobs"], pods=kwargs["pods"])
+        # Here, in a handler's context, not at startup: see kopfsetup.start.
+        kopfsetup.start(kwargs["memo"], "trainingruns", rec, rec.settings.resync_seconds)
     return rec
 
 
