@@ -233,12 +233,23 @@ def _read_commit(path: str | None) -> str | None:
     return commit or None
 
 
+def _run_argv() -> list[str]:
+    """The run's arguments: sys.argv[1:], except inside a Jupyter kernel (a notebook run, or
+    a notebook server), whose sys.argv is the kernel's own command line: papermill starts it
+    with `--HistoryManager.hist_file=:memory:`, which would read as a hyperparameter."""
+    kernelapp = sys.modules.get("ipykernel.kernelapp")
+    if kernelapp is not None and kernelapp.IPKernelApp.initialized():
+        return []
+    return sys.argv[1:]
+
+
 def context(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> TrainingContext:
-    """Read the run's context from `environ` (default `os.environ`) and `argv` (default sys.argv[1:])."""
+    """Read the run's context from `environ` (default `os.environ`) and `argv` (default: the
+    run's arguments, sys.argv[1:] outside a Jupyter kernel)."""
     env = os.environ if environ is None else environ
-    args = sys.argv[1:] if argv is None else argv
+    args = (_run_argv() if argv is None else argv)
     hyperparameters, rest = parse_hyperparameters(env.get(contract.ENV_HYPERPARAMETERS), args)
     workspace = env.get(contract.ENV_WORKSPACE)
     return TrainingContext(

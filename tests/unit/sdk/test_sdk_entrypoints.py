@@ -196,7 +196,8 @@ TRAINING_CELLS = (
     _cell("import json, os\nfrom kakehashi import trainer\nctx = trainer.context()\n"
           "print(f'training {epochs} epochs at {learning_rate}', flush=True)\n"),
     _cell("assert learning_rate < 1, f'learning rate {learning_rate} diverges'\n"
-          "open('result.json', 'w').write(json.dumps({'epochs': epochs, 'run': ctx.run_name}))\n"),
+          "open('result.json', 'w').write(json.dumps({'epochs': epochs, 'run': ctx.run_name,\n"
+          "                                           'hyperparameters': ctx.hyperparameters}))\n"),
 )
 
 
@@ -247,7 +248,10 @@ def test_the_notebook_runs_with_papermill_and_its_executed_copy_is_stored_beside
     assert result.returncode == 0, result.stderr
     # The cells' output streams into the container's log; the notebook ran in the working directory.
     assert "training 3 epochs at 0.01" in result.stdout
-    assert json.loads((work / "result.json").read_text()) == {"epochs": 3, "run": "digits"}
+    # The context inside the kernel holds the run's hyperparameters, not the kernel's arguments
+    # (papermill starts it with --HistoryManager.hist_file=:memory:).
+    assert json.loads((work / "result.json").read_text()) == {"epochs": 3, "run": "digits",
+                                                              "hyperparameters": {"epochs": 3}}
     executed = json.loads((output / "run" / "notebook.ipynb").read_text())
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert [_text(c["source"]) for c in injected] == ["# Parameters\nepochs = 3\n"]
