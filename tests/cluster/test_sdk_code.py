@@ -17,11 +17,11 @@ import yaml
 from kubernetes import client
 
 from kakehashi import contract
-from kakehashi.artifacts import download_directory
+from kakehashi.artifacts import download_directory, parse_s3_uri
 from kakehashi.bake.layer import model_layer
 from kakehashi.dev import node
 from kakehashi.dev.operator import create_team_secrets
-from kakehashi.modelformat import content_digest
+from kakehashi.modelformat import EXECUTED_NOTEBOOK, content_digest
 from kakehashi.sdk import Connection, RunFailed, TrainingRun
 
 FAST = {"kwok.kakehashi.dev/run-duration": "1s"}
@@ -142,6 +142,48 @@ def _outputs(notebook: dict[str, Any]) -> str:
             text = output.get("text") or output.get("data", {}).get("text/plain") or ""
             texts.append("".join(text) if isinstance(text, list) else text)
     return "\n".join(texts)
+
+
+@pytest.mark.timeout(900)
+def test_a_notebook_trains_on_the_real_node_and_its_executed_copy_is_stored_with_the_model(
+        connection: Connection, dev_env: Any, s3: Any, tmp_path: Path) -> None:
+    path = _notebook(tmp_path / "tiny.ipynb", *TRAIN_CELLS)
+    run = TrainingRun("nb", connection=connection, notebook=path, hyperparameters={"epochs": 3, "units": 8},
+                      **_on_the_real_node(dev_env)).submit()
+    broken = _notebook(tmp_path / "broken.ipynb", TRAIN_CELLS[0],
+                       _cell("if epochs > 2:\n    raise ValueError(f'{epochs} epochs is too many for this data')\n"))
+    failing = TrainingRun("nb-fails", connection=connection, notebook=broken, hyperparameters={"epochs": 5},
+                          **_on_the_real_node(dev_env)).submit()
+    started = time.monotonic()
+    run.wait(timeout=600, progress=False)
+    print(f"notebook run: Succeeded in {time.monotonic() - started:.1f}s")
+    assert run.metrics["epochs"] == 3.0 and run.metrics["units"] == 8.0
+    assert run.model is not None and run.model.lineage.hyperparameters == {"epochs": 3, "units": 8}
+    assert "trained 3 epochs, 8 units: accuracy" in run.logs()  # the cells' output, in the log
+
+    # The executed notebook: beside model.json in the run's output prefix, and from the SDK.
+    assert run.executed_notebook_uri == run.model.uri + EXECUTED_NOTEBOOK
+    bucket, key = parse_s3_uri(run.model.uri)
+    assert s3.head_object(Bucket=bucket, Key=key + EXECUTED_NOTEBOOK)["ContentLength"] > 0
+    assert s3.head_object(Bucket=bucket, Key=key + "model.json")["ContentLength"] > 0
+    executed = json.loads(run.executed_notebook(tmp_path / "executed.ipynb", s3_client=s3).read_text())
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert ["".join(c["source"]) for c in injected] == ["# Parameters\nepochs = 3\nunits = 8\n"]
+    assert "trained 3 epochs, 8 units: accuracy" in _outputs(executed)
+    assert run.model.digest in _outputs(executed)  # the saved model's digest, the last cell's value
+    # The notebook landed after the model; the model (what a bake downloads) is unchanged by it.
+    _model_prefix_is_the_model(s3, run, tmp_path)
+
+    with pytest.raises(RunFailed) as raised:
+        failing.wait(timeout=300, progress=False)
+    error = raised.value
+    assert error.reason == "NonZeroExitCode"
+    assert error.log_tail.rstrip().endswith(
+        "kakehashi: notebook broken.ipynb failed at In [3] (if epochs > 2:): ValueError: 5 epochs is too many for this data")
+    # Stored even though it failed: the failing cell with its error.
+    failed = json.loads(failing.executed_notebook(tmp_path / "failed.ipynb", s3_client=s3).read_text())
+    errors = [o for c in failed["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert [(e["ename"], e["evalue"]) for e in errors] == [("ValueError", "5 epochs is too many for this data")]
 
 
 IN_POD = """
