@@ -1,7 +1,14 @@
-"""Fixtures for the operator's cluster tests: the CRDs installed and the operator running."""
+"""Fixtures for the operator's cluster tests: the CRDs installed and the operator running.
+
+The operator runs as a local process (`LocalOperator`: quick to start, kill and restart, its log a
+file), or with KAKEHASHI_TEST_OPERATOR=in-cluster as it is installed: from its image, in the
+learning cluster on the real node, two replicas and a leader (`InClusterOperator`), so the same
+tests prove its Deployment, ServiceAccount and RBAC sufficient.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,8 @@ class GitOpsGitHub:
         link.replace(self.clone_url)  # atomic: the operator never sees no repository
         return state
 
+IN_CLUSTER = os.environ.get("KAKEHASHI_TEST_OPERATOR") == "in-cluster"
+
 
 @pytest.fixture(scope="session")
 def gitops_github(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitOpsGitHub]:
@@ -46,20 +55,38 @@ def gitops_github(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitOpsGi
 @pytest.fixture(scope="session")
 def operator(dev_env: Any, gitops_github: GitOpsGitHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """`kakehashi operator run` against the learning cluster, as its Deployment would run it."""
-    from kakehashi.dev.operator import LocalOperator, install_crds, local_settings
+    from kakehashi.dev.node import SERVICES_ADDRESS
+    from kakehashi.dev.operator import (
+        InClusterOperator,
+        LocalOperator,
+        install_crds,
+        local_settings,
+    )
 
     install_crds(dev_env)
     directory = Path(tmp_path_factory.mktemp("operator"))
-    log = directory / "operator.log"
-    # The webhook test's receiver listens on loopback over http: permitted here, refused by
-    # default (notification webhooks must be https to a public address). GitOps delivery goes
-    # to the session's GitHub stand-in, never to github.com.
-    extra = {"KAKEHASHI_WEBHOOK_ALLOWLIST": "127.0.0.1/32", "KAKEHASHI_WEBHOOK_ALLOW_HTTP": "true",
-             "KAKEHASHI_GITOPS_API_URL": gitops_github.standin.url,
-             "KAKEHASHI_GITOPS_CLONE_URL": str(gitops_github.clone_url),
-             "KAKEHASHI_GITOPS_CHECKOUT": str(directory / "gitops"),
+    # The webhook test's receiver listens over http where the operator reaches it (loopback, or
+    # the services address for pods): permitted here, refused by default (notification webhooks
+    # must be https to a public address).
+    receiver = f"{SERVICES_ADDRESS}/32" if IN_CLUSTER else "127.0.0.1/32"
+    extra = {"KAKEHASHI_WEBHOOK_ALLOWLIST": receiver, "KAKEHASHI_WEBHOOK_ALLOW_HTTP": "true",
              **local_settings(dev_env)}
-    proc = LocalOperator(dev_env, log, extra_env=extra)
+    proc: Any
+    if IN_CLUSTER:
+        if not dev_env.real_nodes:
+            pytest.skip(f"KAKEHASHI_TEST_OPERATOR=in-cluster needs the real nodes: {dev_env.no_real_nodes_reason}")
+        proc = InClusterOperator(dev_env, directory,
+                                 settings={**extra, "KAKEHASHI_RESYNC_SECONDS": "5"})
+        proc.start()
+        yield proc
+        proc.uninstall()
+        return
+    # GitOps delivery goes to the session's GitHub stand-in, never to github.com. (Not for the
+    # operator in the cluster: the stand-in listens on loopback and its clone URL is a local path.)
+    extra.update({"KAKEHASHI_GITOPS_API_URL": gitops_github.standin.url,
+                  "KAKEHASHI_GITOPS_CLONE_URL": str(gitops_github.clone_url),
+                  "KAKEHASHI_GITOPS_CHECKOUT": str(directory / "gitops")})
+    proc = LocalOperator(dev_env, directory / "operator.log", extra_env=extra)
     proc.start()
     yield proc
     proc.stop()

@@ -4,6 +4,7 @@ predict through the production Service, and put small real models in S3."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,9 @@ class Services:
 
 
 def prepare_namespace(learning: Any, namespace: str, dev_env: Any) -> None:
-    """The Secrets a team creates once: S3 credentials for bake Jobs, the production kubeconfig."""
-    create_team_secrets(dev_env, namespace)
+    """The Secrets a team creates once: S3 credentials for bake Jobs, the production kubeconfig
+    (one its pods can use when the operator runs in the cluster: tests/cluster/conftest.py)."""
+    create_team_secrets(dev_env, namespace, for_pods=os.environ.get("KAKEHASHI_TEST_OPERATOR") == "in-cluster")
 
 
 def service_spec(dev_env: Any, production_namespace: str, repository: str, **extra: Any) -> dict[str, Any]:

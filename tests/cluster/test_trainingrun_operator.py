@@ -169,12 +169,13 @@ class _Receiver(BaseHTTPRequestHandler):
 
 
 def test_run_end_is_announced_to_the_webhook_and_counted_in_metrics(runs: Runs, operator: Any) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    server = HTTPServer((operator.webhook_host, 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/hooks/T000/B000/XXX"
-        # Only a Secret that opts in is read; the local receiver is on loopback over http, which
-        # the test operator's allowlist permits (KAKEHASHI_WEBHOOK_ALLOWLIST, _ALLOW_HTTP).
+        url = f"http://{operator.webhook_host}:{server.server_port}/hooks/T000/B000/XXX"
+        # Only a Secret that opts in is read; the local receiver is on an address the operator
+        # reaches (loopback, or the services address for its pods) over http, which the test
+        # operator's allowlist permits (KAKEHASHI_WEBHOOK_ALLOWLIST, _ALLOW_HTTP).
         runs.core.create_namespaced_secret(
             runs.namespace,
             client.V1Secret(metadata=client.V1ObjectMeta(name="slack", labels={OPT_IN_LABEL: "true"}),

@@ -577,6 +577,31 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def pod_processes(cluster: str, pod_uid: str) -> dict[int, str]:
+    """The host PIDs (with their command lines) of a pod's containers on `cluster`'s real node,
+    found through the kubelet's cgroups; the sandbox's pause process is left out. What a test
+    SIGKILLs to crash a container as a dying process or node does: `kubectl delete` always
+    sends SIGTERM first (the kubelet's minimum grace is 2 s), and a graceful stop is not a crash."""
+    wanted = {f"pod{pod_uid}", f"pod{pod_uid.replace('-', '_')}"}
+    found: dict[int, str] = {}
+    for root in _cgroup_dirs(f"/kakehashi-{cluster}", unified=True):
+        if not root.is_dir():
+            continue
+        for dirpath, _dirs, _files in os.walk(root):
+            if Path(dirpath).name not in wanted:
+                continue
+            for procs in _walk_cgroup(Path(dirpath)):
+                for pid in procs.read_text().split():
+                    try:
+                        cmdline = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ")
+                    except OSError:
+                        continue
+                    command = cmdline.decode(errors="replace").strip()
+                    if command and command != "/pause":
+                        found[int(pid)] = command
+    return found
+
+
 def _walk_cgroup(directory: Path) -> Iterator[Path]:
     if not directory.is_dir():
         return

@@ -192,3 +192,36 @@ def test_env_command_prints_shell_exports(tmp_path: Path,
     lines = dict(line.removeprefix("export ").split("=", 1) for line in result.output.splitlines())
     assert lines["KAKEHASHI_REGISTRY"] == "127.0.0.1:4"
     assert os.pathsep in lines["PATH"]
+
+
+def test_a_kubeconfig_for_pods_names_the_services_address_and_embeds_its_certificates(tmp_path: Path) -> None:
+    """An operator in the cluster delivering to production reads this from a Secret: the
+    host's loopback and the host's certificate paths mean nothing inside its pod."""
+    import base64
+
+    import yaml
+
+    from kakehashi.dev.node import SERVICES_ADDRESS
+    from kakehashi.dev.operator import kubeconfig_for_pods
+
+    for name in ("ca.crt", "admin.crt", "admin.key"):
+        (tmp_path / name).write_text(f"-----{name}-----\n")
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "p",
+        "clusters": [{"name": "p", "cluster": {"server": "https://127.0.0.1:32758",
+                                               "certificate-authority": str(tmp_path / "ca.crt")}}],
+        "users": [{"name": "p", "user": {"client-certificate": str(tmp_path / "admin.crt"),
+                                         "client-key": str(tmp_path / "admin.key")}}],
+        "contexts": [{"name": "p", "context": {"cluster": "p", "user": "p"}}],
+    }))
+    endpoint = ClusterEndpoint(name="production", kubeconfig=kubeconfig, server="https://127.0.0.1:32758")
+    env = DevEnvironment(learning=endpoint.model_copy(update={"name": "learning"}), production=endpoint,
+                         s3=S3Endpoint(endpoint="http://s3", access_key="a", secret_key="b"),
+                         registry="r:1", bin_dir=tmp_path)
+    data = yaml.safe_load(kubeconfig_for_pods(env, "production"))
+    cluster, user = data["clusters"][0]["cluster"], data["users"][0]["user"]
+    assert cluster == {"server": f"https://{SERVICES_ADDRESS}:32758",
+                       "certificate-authority-data": base64.b64encode(b"-----ca.crt-----\n").decode()}
+    assert set(user) == {"client-certificate-data", "client-key-data"}
+    assert base64.b64decode(user["client-key-data"]) == b"-----admin.key-----\n"
