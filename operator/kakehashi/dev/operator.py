@@ -197,6 +197,10 @@ class LocalOperator:
             time.sleep(0.2)
         raise TimeoutError(f"the operator did not become live in {timeout}s; see {self.log_path}")
 
+    def logs(self) -> str:
+        """The operator's log so far (as `InClusterOperator.logs`: tests read either)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def peak_rss_mib(self) -> float:
         """The process's high-water resident set (VmHWM), in MiB."""
         if self.process is None:
