@@ -12,6 +12,7 @@ diffs, prunes and rolls back a service there, so the list is also sufficient in 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 import uuid
@@ -361,3 +362,88 @@ def test_the_learning_policies_and_notebook_namespace_are_accepted(dev_env: Any)
             _kubectl(dev_env, "learning", "delete", "namespace", "kakehashi-notebooks", "--wait=false",
                      "--ignore-not-found", check=False)
 
+
+
+def _bot_overlay(image: str, directory: Path) -> Path:
+    """The production overlay as an installation changes it: the bot's image (here, in the local
+    registry), the Secret the installer creates, and the real node to run on (kwok nodes run no
+    containers). The Deployment, its probes and settings are the install's own."""
+    from kakehashi.dev import node
+
+    repository, tag = image.rsplit(":", 1)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(REPO / "manifests" / "overlays" / "production", directory)],
+        "images": [{"name": "kakehashi/gitops-bot", "newName": repository, "newTag": tag}],
+        "secretGenerator": [{"name": SERVICE_ACCOUNT, "namespace": BOT_NAMESPACE,
+                             "options": {"disableNameSuffixHash": True},
+                             "literals": [f"webhook-secret={BOT_WEBHOOK_SECRET}", f"github-token={BOT_TOKEN}"]}],
+        "patches": [{"target": {"kind": "Deployment", "name": SERVICE_ACCOUNT}, "patch": yaml.safe_dump([
+            {"op": "add", "path": "/spec/template/spec/nodeSelector", "value": node.SELECTOR},
+            {"op": "add", "path": "/spec/template/spec/tolerations", "value": [node.TOLERATION]}])}],
+    }))
+    return directory
+
+
+BOT_WEBHOOK_SECRET = "whsec-" + uuid.uuid4().hex
+BOT_TOKEN = "ghp_" + uuid.uuid4().hex
+
+
+@pytest.mark.timeout(900)
+def test_the_bot_runs_from_its_image_on_the_real_node(
+    dev_env: Any, production: Any, installed: None, tmp_path: Path
+) -> None:
+    """The bot's image (operator/Dockerfile, target gitops-bot) runs as the production install
+    deploys it, Pod Security restricted, read-only root filesystem: Ready by its probe, webhooks
+    refused unless signed with the installed secret, kubectl on board, no secret in its log."""
+    import hashlib
+    import hmac
+    import json
+
+    import httpx
+    from kubernetes.stream import stream
+
+    from kakehashi.dev import stack
+
+    if not dev_env.real_nodes:
+        pytest.skip(f"no real nodes on this machine: {dev_env.no_real_nodes_reason}")
+    started = time.monotonic()
+    image = stack.build_images(["gitops-bot"])["gitops-bot"]
+    built = time.monotonic() - started
+    overlay = _bot_overlay(image, tmp_path / "overlay")
+    docs = [d for d in yaml.safe_load_all(_kubectl(dev_env, "production", "kustomize", str(overlay)).stdout)
+            if d and d["kind"] in ("Deployment", "Service", "ConfigMap", "Secret")]
+    apps, core = client.AppsV1Api(production), client.CoreV1Api(production)
+    try:
+        _kubectl(dev_env, "production", "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+                 stdin=yaml.safe_dump_all(docs))
+        deadline = time.monotonic() + 300
+        while (apps.read_namespaced_deployment(SERVICE_ACCOUNT, BOT_NAMESPACE).status.ready_replicas or 0) < 1:
+            assert time.monotonic() < deadline, _kubectl(dev_env, "production", "describe", "pods", "-n", BOT_NAMESPACE,
+                                                         "-l", f"app.kubernetes.io/name={SERVICE_ACCOUNT}").stdout
+            time.sleep(2)
+        print(f"\nbot image built (or cached) in {built:.0f}s; applied to Ready in {time.monotonic() - started - built:.0f}s")
+        (pod,) = core.list_namespaced_pod(BOT_NAMESPACE, label_selector=f"app.kubernetes.io/name={SERVICE_ACCOUNT}").items
+        assert pod.spec.node_name == "production-real" and pod.spec.containers[0].image == image
+        url = f"http://{pod.status.pod_ip}:8080"
+        assert httpx.get(f"{url}/healthz", timeout=10).text == "ok"
+        body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
+        headers = {"X-GitHub-Event": "ping", "X-GitHub-Delivery": str(uuid.uuid4()), "Content-Type": "application/json"}
+        assert httpx.post(f"{url}/webhook", content=body, headers=headers, timeout=10).status_code == 401
+        forged = "sha256=" + hmac.new(b"not-the-secret", body, hashlib.sha256).hexdigest()
+        assert httpx.post(f"{url}/webhook", content=body, headers={**headers, "X-Hub-Signature-256": forged},
+                          timeout=10).status_code == 401
+        signed = "sha256=" + hmac.new(BOT_WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        answer = httpx.post(f"{url}/webhook", content=body, headers={**headers, "X-Hub-Signature-256": signed}, timeout=10)
+        assert answer.status_code < 300, answer.text
+        # kubectl, which the bot applies, diffs and prunes with, is in the image.
+        version = stream(core.connect_get_namespaced_pod_exec, pod.metadata.name, BOT_NAMESPACE,
+                         command=["kubectl", "version", "--client"], stderr=True, stdout=True)
+        assert "Client Version: v1.36" in version, version
+        log = core.read_namespaced_pod_log(pod.metadata.name, BOT_NAMESPACE)
+        assert BOT_WEBHOOK_SECRET not in log and BOT_TOKEN not in log
+    finally:
+        for d in docs:
+            _kubectl(dev_env, "production", "delete", d["kind"].lower(), d["metadata"]["name"], "-n", BOT_NAMESPACE,
+                     "--ignore-not-found", "--wait=false", check=False)

@@ -163,6 +163,9 @@ class ProjectImage:
     repository: str
     dockerfile: str
     target: str | None = None
+    binaries: tuple[str, ...] = ()
+    """Binaries of the dev environment's Go tools the Dockerfile copies, each from a named
+    build context of that name (`COPY --from=kubectl kubectl ...`)."""
 
     @property
     def ignorefile(self) -> Path:
@@ -183,7 +186,9 @@ PROJECT_IMAGES = {
         # The light serving image, no model: what the operator bakes models onto.
         ProjectImage("serving", "kakehashi/inference", "inference/Dockerfile",
                      target="runtime"),
-        ProjectImage("operator", "kakehashi/operator", "operator/Dockerfile"),
+        ProjectImage("operator", "kakehashi/operator", "operator/Dockerfile", target="operator"),
+        ProjectImage("gitops-bot", "kakehashi/gitops-bot", "operator/Dockerfile", target="gitops-bot",
+                     binaries=("kubectl",)),
     )
 }
 DEFAULT_IMAGES = ("training", "serving")
@@ -239,13 +244,27 @@ def context_files(image: ProjectImage) -> list[str]:
     return files
 
 
-def content_key(image: ProjectImage, build_args: dict[str, str]) -> str:
-    """Hash of the Dockerfile, its ignore file, every context file and the build arguments:
-    an unchanged image is not rebuilt."""
+def binary_contexts(image: ProjectImage) -> dict[str, Path]:
+    """The named build contexts of `image`: for each binary it copies, the directory of the
+    dev environment's build of it (built now if missing, cached by its tool's content key)."""
+    contexts: dict[str, Path] = {}
+    for binary in image.binaries:
+        tool = next((t for t in tools.TOOLS if binary in t.binaries), None)
+        if tool is None:
+            raise RuntimeError(f"image {image.name}: no tool in tools.TOOLS builds {binary!r}")
+        contexts[binary] = tools.build(tool)
+    return contexts
+
+
+def content_key(image: ProjectImage, build_args: dict[str, str],
+                contexts: dict[str, Path] | None = None) -> str:
+    """Hash of the Dockerfile, its ignore file, every context file, the build arguments and
+    the named contexts (their directories are named by their tool's content key): an
+    unchanged image is not rebuilt."""
     root = tools.repo_root()
     digest = hashlib.sha256()
-    digest.update(json.dumps([image.dockerfile, image.target, sorted(build_args.items())])
-                  .encode())
+    digest.update(json.dumps([image.dockerfile, image.target, sorted(build_args.items()),
+                              sorted((k, str(v)) for k, v in (contexts or {}).items())]).encode())
     for rel in [image.dockerfile, *context_files(image)]:
         path = root / rel
         digest.update(rel.encode() + b"\0")
@@ -300,7 +319,8 @@ def build_images(registry: str, names: Iterable[str], progress: Callable[[str], 
     for name in names:
         image = PROJECT_IMAGES[name]
         build_args = {BASE_ARG: base}
-        key = content_key(image, build_args)
+        contexts = binary_contexts(image)
+        key = content_key(image, build_args, contexts)
         reference = f"{registry}/{image.repository}:{key}"
         built[name] = reference
         if _registry_has(registry, image.repository, key):
@@ -317,6 +337,7 @@ def build_images(registry: str, names: Iterable[str], progress: Callable[[str], 
                 "--ulimit", "nofile=16384:16384", "--ulimit", "nproc=16384:16384",
                 "--tls-verify=false", *_build_mounts(),
                 *(arg for k, v in build_args.items() for arg in ("--build-arg", f"{k}={v}")),
+                *(arg for k, v in contexts.items() for arg in ("--build-context", f"{k}={v}")),
                 *(("--target", image.target) if image.target else ()),
                 "--ignorefile", str(image.ignorefile),
                 "-f", str(tools.repo_root() / image.dockerfile), "-t", reference,

@@ -125,6 +125,21 @@ def test_content_key_follows_the_context_and_the_build_args(
     assert images.content_key(image, {"PYTHON_IMAGE": "b"}) != key
     (tmp_path / "app" / "main.py").write_text("print(2)\n")
     assert images.content_key(image, {"PYTHON_IMAGE": "a"}) != key
+    # A binary copied from a named context: its tool's build (the directory names its content
+    # key) is part of the image's.
+    changed = images.content_key(image, {"PYTHON_IMAGE": "a"})
+    kubectl = {"kubectl": tmp_path / "k8s-v1.36.3-aaaa"}
+    assert images.content_key(image, {"PYTHON_IMAGE": "a"}, kubectl) != changed
+    assert images.content_key(image, {"PYTHON_IMAGE": "a"}, {"kubectl": tmp_path / "k8s-v1.36.3-bbbb"}) != \
+        images.content_key(image, {"PYTHON_IMAGE": "a"}, kubectl)
+
+
+def test_the_bot_image_copies_the_kubectl_the_dev_environment_builds() -> None:
+    bot = images.PROJECT_IMAGES["gitops-bot"]
+    assert (bot.dockerfile, bot.target, bot.binaries) == ("operator/Dockerfile", "gitops-bot", ("kubectl",))
+    dockerfile = (REPO / bot.dockerfile).read_text()
+    assert "COPY --from=kubectl kubectl /usr/local/bin/kubectl" in dockerfile
+    assert any("kubectl" in tool.binaries for tool in tools.TOOLS)
 
 
 def test_every_dockerfile_takes_its_python_base_as_a_build_argument() -> None:
