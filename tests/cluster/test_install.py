@@ -5,6 +5,10 @@ NEEDS is the review of the operator's code (the Kube client calls and the kopf h
 same list as the comments of manifests/operator/rbac.yaml. With the RBAC applied for real, a
 SubjectAccessReview as the ServiceAccount proves each need is granted (sufficient), and the
 ClusterRole granting nothing beyond NEEDS plus the FORBIDDEN probes being denied proves it least.
+
+The Kubeflow integration: with the install's Notebook CRD applied first, Notebooks as Kubeflow's
+web app spawns them from the install's form are accepted; and the install's shared claim, bound
+to the dev environment's stand-in for EFS, keeps a notebook's work after the notebook is gone.
 """
 
 from __future__ import annotations
@@ -163,7 +167,11 @@ def test_every_kustomization_builds(dev_env: Any) -> None:
     for expected in [("CustomResourceDefinition", "trainingruns.kakehashi.dev"),
                      ("CustomResourceDefinition", "modelservices.kakehashi.dev"),
                      ("Deployment", "kakehashi-operator"), ("ServiceAccount", SERVICE_ACCOUNT),
-                     ("ClusterRole", "kakehashi-operator"), ("ClusterRoleBinding", "kakehashi-operator")]:
+                     ("ClusterRole", "kakehashi-operator"), ("ClusterRoleBinding", "kakehashi-operator"),
+                     # Kubeflow Notebooks' API and spawner form; the team's shared volume.
+                     ("CustomResourceDefinition", "notebooks.kubeflow.org"),
+                     ("ConfigMap", "jupyter-web-app-config"),
+                     ("StorageClass", "efs-sc"), ("PersistentVolumeClaim", "team-shared")]:
         assert expected in kinds
     monitoring = _build(dev_env, "manifests/monitoring")
     assert {d["kind"] for d in monitoring} == {"PodMonitor", "PrometheusRule"}
@@ -387,3 +395,129 @@ def test_the_operator_reconciles_as_its_service_account(
     refused = [line for line in text.splitlines()
                if "Forbidden" in line or "403" in line or "Not enough permissions" in line]
     assert not refused, "the API server refused calls of the operator:\n" + "\n".join(refused)[:3000]
+
+
+@pytest.fixture(scope="module")
+def notebook_crd(dev_env: Any, learning: Any, learning_install: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The install's Notebook CRD applied for real (CRDs first: a Notebook is accepted only once
+    its API is served); removed again if this created it."""
+    from kakehashi.dev.clusters import wait_crd_established
+
+    crd = _find(learning_install, "CustomResourceDefinition", "notebooks.kubeflow.org")
+    created = not _exists(dev_env, "crd", crd["metadata"]["name"])
+    _kubectl(dev_env, "apply", "--server-side", "--field-manager=kakehashi-install-test", "-f", "-",
+             stdin=yaml.safe_dump(crd))
+    wait_crd_established(learning, crd["metadata"]["name"], timeout=30)
+    yield crd
+    if created:
+        _kubectl(dev_env, "delete", "crd", crd["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+def _spawned_notebook(form: dict[str, Any], group: str, name: str) -> dict[str, Any]:
+    """A Notebook as Kubeflow's web app makes it from the form's defaults for `group`."""
+    annotations = {"notebooks.kubeflow.org/http-rewrite-uri": "/"} if group == "imageGroupOne" else {}
+    (data,) = form["dataVolumes"]["value"]
+    return {
+        "apiVersion": "kubeflow.org/v1", "kind": "Notebook",
+        "metadata": {"name": name, "annotations": annotations, "labels": {"app": name}},
+        "spec": {"template": {"spec": {
+            "serviceAccountName": "default-editor",
+            "containers": [{"name": name, "image": form[group]["value"],
+                            "resources": {"requests": {"cpu": form["cpu"]["value"], "memory": form["memory"]["value"]}},
+                            "volumeMounts": [{"name": "shared", "mountPath": data["mount"]}]}],
+            "volumes": [{"name": "shared", **data["existingSource"]}],
+        }}},
+    }
+
+
+@pytest.mark.parametrize("group", ["image", "imageGroupOne"])
+def test_a_spawned_notebook_is_accepted_and_one_without_an_image_refused(
+    learning: Any, learning_install: list[dict[str, Any]], notebook_crd: dict[str, Any], namespace: str, group: str,
+) -> None:
+    config = _find(learning_install, "ConfigMap", "jupyter-web-app-config")
+    form = yaml.safe_load(config["data"]["spawner_ui_config.yaml"])["spawnerFormDefaults"]
+    notebook = _spawned_notebook(form, group, "ada")
+    custom = client.CustomObjectsApi(learning)
+    # Straight to the API (no kubectl discovery cache that may predate the CRD); dry run only:
+    # no notebook-controller here to act on it.
+    custom.create_namespaced_custom_object("kubeflow.org", "v1", namespace, "notebooks", notebook, dry_run="All")
+    del notebook["spec"]["template"]["spec"]["containers"][0]["image"]
+    with pytest.raises(client.ApiException) as refused:
+        custom.create_namespaced_custom_object("kubeflow.org", "v1", namespace, "notebooks", notebook, dry_run="All")
+    assert refused.value.status == 422 and "image" in str(refused.value.body), refused.value.body
+
+
+def _notebook_pod(name: str, image: str, claim: str, command: list[str]) -> dict[str, Any]:
+    """A pod as a notebook server's: jovyan, Pod Security `restricted`, the claim at its place."""
+    from kakehashi.dev import node as real_node
+
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never", "tolerations": [real_node.TOLERATION],
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "notebook", "image": image, "command": command,
+                            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                            "volumeMounts": [{"name": "team-shared", "mountPath": "/home/jovyan/shared"}]}],
+            "volumes": [{"name": "team-shared", "persistentVolumeClaim": {"claimName": claim}}],
+        },
+    }
+
+
+def test_work_on_the_shared_volume_outlives_the_notebook_that_wrote_it(
+    dev_env: Any, learning: Any, namespace: str, learning_install: list[dict[str, Any]],
+) -> None:
+    """The install's claim binds to the dev stand-in for EFS; one notebook pod writes, is lost,
+    and another reads the work back, on the real node's disk."""
+    from trainingruns import wait_for
+
+    from kakehashi.dev import shared_volume
+    from kakehashi.dev.layout import Layout
+
+    if not dev_env.real_nodes:
+        pytest.skip(f"no real nodes on this machine: {dev_env.no_real_nodes_reason}")
+    core = client.CoreV1Api(learning)
+    claim = _find(learning_install, "PersistentVolumeClaim", "team-shared")
+    stand_in = shared_volume.install_claim()
+    layout = Layout.load(create=False)
+    work = f"work-{namespace}.txt"
+    core.create_namespaced_persistent_volume_claim(namespace, {**claim, "metadata": {"name": claim["metadata"]["name"]}})
+    try:
+        wait_for(lambda: core.read_namespaced_persistent_volume_claim(claim["metadata"]["name"], namespace).status.phase
+                 == "Bound", 30, "the claim bound to the stand-in")
+        bound = core.read_namespaced_persistent_volume_claim(claim["metadata"]["name"], namespace)
+        assert bound.spec.volume_name == shared_volume.volume_name(stand_in)
+
+        def run(name: str, script: str) -> Any:
+            core.create_namespaced_pod(namespace, _notebook_pod(name, dev_env.images["base"], claim["metadata"]["name"],
+                                                                ["python", "-c", script]))
+            return wait_for(lambda: (p := core.read_namespaced_pod(name, namespace)).status.phase in ("Succeeded", "Failed")
+                            and p, 120, f"pod {name} to finish")
+
+        writer = run("writer", f"open('/home/jovyan/shared/{work}', 'w').write('epoch 3 checkpoint')")
+        assert writer.status.phase == "Succeeded", core.read_namespaced_pod_log("writer", namespace)
+        assert writer.spec.node_name == "learning-real"
+        core.delete_namespaced_pod("writer", namespace, grace_period_seconds=0)  # the notebook is lost
+        wait_for(lambda: not core.list_namespaced_pod(namespace, field_selector="metadata.name=writer").items, 60,
+                 "the writer gone")
+        reader = run("reader", f"import os; p = '/home/jovyan/shared/{work}'; "
+                               "print(open(p).read(), os.stat(p).st_uid, os.stat(p).st_gid)")
+        assert reader.status.phase == "Succeeded", core.read_namespaced_pod_log("reader", namespace)
+        assert core.read_namespaced_pod_log("reader", namespace).strip() == "epoch 3 checkpoint 1000 100"
+        # On the node's disk, not in a pod: it is the stand-in's directory.
+        assert (shared_volume.directory(layout, stand_in) / work).read_text() == "epoch 3 checkpoint"
+    finally:
+        for pod in ("writer", "reader"):
+            try:
+                core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+            except client.ApiException:
+                pass
+        core.delete_namespaced_persistent_volume_claim(claim["metadata"]["name"], namespace)
+        volume = shared_volume.volume_name(stand_in)
+        ref = core.read_persistent_volume(volume).spec.claim_ref
+        if ref is not None and ref.namespace == namespace:
+            # Retained, as EFS's class keeps it: Available again for the next claim.
+            wait_for(lambda: core.read_persistent_volume(volume).status.phase == "Released", 90, "the stand-in released")
+            shared_volume.reopen(layout, stand_in)
+        (shared_volume.directory(layout, stand_in) / work).unlink(missing_ok=True)

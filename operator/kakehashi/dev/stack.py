@@ -3,7 +3,8 @@
 Two Kubernetes clusters (`learning`, `production`, see `clusters.py`), each with kwok's fake
 nodes and, where the machine allows it, a real node (`node.py`); MinIO and an OCI registry
 (`storage.py`); the Kubeflow training-operator on the learning cluster
-(`training_operator.py`). Every step checks what is already there first, so `up` is
+(`training_operator.py`) and, on its real node, the stand-in for the team's shared EFS volume
+(`shared_volume.py`). Every step checks what is already there first, so `up` is
 idempotent and cheap when warm.
 """
 
@@ -27,6 +28,7 @@ from kakehashi.dev import (
     host,
     images,
     node,
+    shared_volume,
     storage,
     tools,
     training_operator,
@@ -195,6 +197,9 @@ def _start(layout: Layout, binaries: dict[str, Path], no_real_nodes_reason: str,
                 progress(f"Real node {real_node.name} Ready ({took:.1f}s after its start)")
         # The Gateway API and Traefik on production: canary routes, served on loopback.
         env.gateway = gateway.up(layout, binaries, restart="production" in restarted)
+        # The learning overlay's shared claim (EFS on EKS) binds to a directory on the real
+        # node here: only a real kubelet mounts it, so kwok-only machines have none.
+        shared_volume.install(layout)
     operator = training_operator.service(layout, binaries)
     if "learning" in restarted:
         # A new cluster has a new CA and a restarted one may have lost its watches: the
