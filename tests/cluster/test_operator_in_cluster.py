@@ -217,17 +217,21 @@ def test_the_standby_takes_over_from_a_killed_leader_and_no_run_is_reconciled_tw
 def test_a_leader_stopped_cleanly_hands_over_at_once(
     in_cluster: InClusterOperator, learning: Any, namespace: str
 ) -> None:
-    leader, [standby] = in_cluster.settled()
+    leader, _ = in_cluster.settled()
     old_holder = in_cluster.holder()
     runs = Runs(learning, namespace)
     stopped_at = time.time()
     # As a rolling update or a drain does: SIGTERM, kopf stops, the Lease is released.
     client.CoreV1Api(learning).delete_namespaced_pod(leader.metadata.name, NAMESPACE)
-    wait_for(lambda: in_cluster.holder() not in ("", old_holder), 30, "the standby holding the Lease")
-    assert in_cluster.holder().rpartition("_")[0] == standby.metadata.name
+    wait_for(lambda: in_cluster.holder() not in ("", old_holder), 30, "a waiting replica holding the Lease")
+    # The standby, or the Deployment's replacement pod if it started before the old leader's
+    # kopf had stopped and released: both wait on the Lease, the first to see it free takes it.
+    taken_by = in_cluster.holder().rpartition("_")[0]
+    assert taken_by != leader.metadata.name
+    assert taken_by in {p.metadata.name for p in in_cluster.pods()}, taken_by
     acquired = _acquired_at(in_cluster.lease()) - stopped_at
-    FIGURES["clean stop: delete -> standby holds the Lease (s)"] = acquired
-    assert acquired < LEASE_S / 2, f"the standby waited {acquired:.1f}s: the Lease was not released"
+    FIGURES["clean stop: delete -> a waiting replica holds the Lease (s)"] = acquired
+    assert acquired < LEASE_S / 2, f"the next leader waited {acquired:.1f}s: the Lease was not released"
     runs.create("after", {}, pod_annotations={"kwok.kakehashi.dev/run-duration": "1s"})
     status = runs.wait_phase("after", "Succeeded", "Failed")
     FIGURES["clean stop: delete -> next run Succeeded (s)"] = time.time() - stopped_at
