@@ -126,16 +126,21 @@ class Notebook:
     def run_cell(self, code: str, timeout: float = 180) -> str:
         """Run `code` as a notebook cell in a new Python kernel (the REST and websocket calls
         JupyterLab makes); what it printed to stdout. A cell that raises fails the test."""
-        # The page sets the _xsrf cookie that a browser sends back, with its value as a header.
-        token = self.get(f"{self.prefix}/lab").cookies.get("_xsrf")
-        xsrf = {"X-XSRFToken": token, "Cookie": f"_xsrf={token}"} if token else {}
+        # As JupyterLab in a browser: the page sets the _xsrf cookie (only on a request that
+        # carries none, so a second page load sets nothing), the client's jar sends it back
+        # with every request (beside the anonymous user's cookie), and its value goes in the
+        # X-XSRFToken header of every POST and DELETE (Jupyter Server checks it even without
+        # a token: 403 "'_xsrf' argument missing from POST" otherwise).
+        self.get(f"{self.prefix}/lab")
+        xsrf = {"X-XSRFToken": self.http.cookies["_xsrf"]}
         kernel = self.http.post(f"{self.prefix}/api/kernels", json={"name": "python3"},
                                 headers=xsrf)
         assert kernel.status_code == 201, kernel.text
         kernel_id = kernel.json()["id"]
+        cookies = "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
         ws = websocket.create_connection(
             f"ws://{self.url.removeprefix('http://')}{self.prefix}/api/kernels/{kernel_id}/channels",
-            timeout=timeout, header=[f"Cookie: _xsrf={token}"] if token else None)
+            timeout=timeout, header=[f"Cookie: {cookies}"])
         msg_id = uuid.uuid4().hex
         ws.send(json.dumps({
             "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
@@ -168,6 +173,9 @@ class Notebook:
             self.http.delete(f"{self.prefix}/api/kernels/{kernel_id}", headers=xsrf)
 
     def delete(self) -> None:
+        # Captured: pytest shows the server's log with a failed test's output, once the pod
+        # that held it is gone.
+        print(f"--- log of {self.name}:\n{self.logs()}")
         self.http.close()
         self.core.delete_namespaced_pod(self.name, self.namespace, grace_period_seconds=0)
 
