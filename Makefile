@@ -14,8 +14,9 @@ demo: bootstrap
 ## The whole suite: lint, type-check, then unit and cluster tests against real local servers.
 ## `dev up` runs first so the (cold: ~35 min) Go builds show their progress, and builds the
 ## images the tests run where there are real nodes (content-cached: unchanged, seconds): the
-## training and serving images, and the operator and GitOps bot images that run in the clusters.
-TEST_IMAGES ?= training,serving,operator,gitops-bot
+## training and serving images, the other notebook images (they share the training image's
+## layers), and the operator and GitOps bot images that run in the clusters.
+TEST_IMAGES ?= training,serving,code-server,jupyter-code-server,operator,gitops-bot
 test: bootstrap lint
 	KAKEHASHI_DEV_IMAGES=$(TEST_IMAGES) $(VENV)/kakehashi dev up
 	$(VENV)/pytest tests
