@@ -2,8 +2,8 @@
 
 Each tool is a tiny Go main module under `tools/<name>/` whose `go.mod` pins the upstream
 module and whose `go.sum` is committed. The cache key is a hash of that go.mod, go.sum, the Go
-version and the build flags, so bumping a pin rebuilds and nothing else does; a second
-`kakehashi dev up` finds every binary and starts in seconds.
+version and the build flags (and a tool's `patches/`), so bumping a pin rebuilds and nothing else
+does; a second `kakehashi dev up` finds every binary and starts in seconds.
 """
 
 from __future__ import annotations
@@ -33,6 +33,20 @@ def repo_root() -> Path:
 
 
 @dataclass(frozen=True)
+class ModulePatch:
+    """Files of one dependency swapped for ours (under `tools/<name>/patches/`) in the build.
+
+    The build copies the module from the module cache, swaps the files, and points a generated
+    go.mod (`-modfile`) at the copy with a `replace`: the committed go.mod, go.sum and every pin
+    stay as they are. For leaving out code the dev environment never runs when no build tag
+    can (Go refuses an `-overlay` of files in the module cache)."""
+
+    module: str
+    files: dict[str, str]
+    """Path inside the module -> file name under tools/<name>/patches/."""
+
+
+@dataclass(frozen=True)
 class GoTool:
     """One pinned Go module and the commands built from it."""
 
@@ -47,10 +61,15 @@ class GoTool:
     """Built only on machines that run the real nodes."""
     ldflags: tuple[str, ...] = ("-s", "-w")
     extra_ldflags: tuple[str, ...] = field(default=())
+    patches: tuple[ModulePatch, ...] = ()
 
     @property
     def module_dir(self) -> Path:
         return repo_root() / "tools" / self.name
+
+    @property
+    def patch_dir(self) -> Path:
+        return self.module_dir / "patches"
 
     def cache_key(self) -> str:
         digest = hashlib.sha256()
@@ -64,6 +83,11 @@ class GoTool:
         digest.update(go_version().encode())
         digest.update(json.dumps([self.binaries, self.tags, self.ldflags,
                                   self.extra_ldflags]).encode())
+        # Only a patched tool hashes more: every other tool keeps its key (and its cached build).
+        for patch in self.patches:
+            for inside, name in sorted(patch.files.items()):
+                digest.update(json.dumps([patch.module, inside, name]).encode())
+                digest.update((self.patch_dir / name).read_bytes())
         return digest.hexdigest()[:12]
 
     def install_dir(self) -> Path:
@@ -77,7 +101,13 @@ TRAEFIK = GoTool(name="traefik", version=TRAEFIK_VERSION, binaries={
 }, real_nodes_only=True,
     # Stamped so `traefik version` is honest (the dev environment also turns off its
     # new-version check: no network here).
-    extra_ldflags=(f"-X github.com/traefik/traefik/v3/pkg/version.Version={TRAEFIK_VERSION}",))
+    extra_ldflags=(f"-X github.com/traefik/traefik/v3/pkg/version.Version={TRAEFIK_VERSION}",),
+    # lego's DNS-provider registry imports all of its DNS providers and their cloud SDKs (846
+    # of Traefik's 2,201 packages) for ACME DNS-01 challenges, which the dev environment never
+    # solves (it has no certificate resolver) and no build tag leaves out. Ours imports none
+    # and says so if asked for one.
+    patches=(ModulePatch("github.com/go-acme/lego/v4", {
+        "providers/dns/zz_gen_dns_providers.go": "lego_dns_providers.go.txt"}),))
 ETCD_VERSION = "3.5.35"
 CONTAINERD_VERSION = "v2.4.2"
 
@@ -179,18 +209,23 @@ def build(tool: GoTool, progress: Progress = _quiet) -> Path:
     staging.mkdir(parents=True)
     env = _go_env()
     packages = list(tool.binaries.values())
-    total = _count_packages(tool, packages, env)
-    progress(f"Building {', '.join(tool.binaries)} ({tool.name} {tool.version}): "
-             f"{total} packages, first build only")
-    ldflags = " ".join((*tool.ldflags, *tool.extra_ldflags))
-    done = 0
-    for name, package in tool.binaries.items():
-        cmd = ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, "-o",
-               str(staging / name)]
+    sources = target.with_name(target.name + ".src")
+    try:
+        flags = _patched_modfile(tool, sources)
         if tool.tags:
-            cmd += ["-tags", tool.tags]
-        # Binaries of one tool share most packages, compiled once: the count runs across them.
-        done = _run_with_progress([*cmd, package], tool, total, env, progress, done)
+            flags += ["-tags", tool.tags]
+        total = _count_packages(tool, packages, flags, env)
+        progress(f"Building {', '.join(tool.binaries)} ({tool.name} {tool.version}): "
+                 f"{total} packages, first build only")
+        ldflags = " ".join((*tool.ldflags, *tool.extra_ldflags))
+        done = 0
+        for name, package in tool.binaries.items():
+            cmd = ["go", "build", "-v", "-trimpath", "-ldflags", ldflags, *flags, "-o",
+                   str(staging / name)]
+            # Binaries of one tool share most packages, compiled once: the count runs across them.
+            done = _run_with_progress([*cmd, package], tool, total, env, progress, done)
+    finally:
+        shutil.rmtree(sources, ignore_errors=True)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
@@ -198,11 +233,41 @@ def build(tool: GoTool, progress: Progress = _quiet) -> Path:
     return target
 
 
-def _count_packages(tool: GoTool, packages: list[str], env: dict[str, str]) -> int:
-    # With the build's tags: they decide which packages are compiled (promtool's remove_all_sd).
-    tags = ["-tags", tool.tags] if tool.tags else []
-    listed = subprocess.run(["go", "list", *tags, "-deps", *packages], cwd=tool.module_dir, env=env,
-                            capture_output=True, text=True)
+def _patched_modfile(tool: GoTool, sources: Path) -> list[str]:
+    """Copy each patched module into `sources` with our files swapped in; return the go flags
+    building against the copies (none for an unpatched tool)."""
+    if not tool.patches:
+        return []
+    shutil.rmtree(sources, ignore_errors=True)
+    sources.mkdir(parents=True)
+    replaces = []
+    for index, patch in enumerate(tool.patches):
+        copy = sources / str(index)
+        # The module cache's files and directories are read-only: copy contents, not modes.
+        shutil.copytree(module_dir(patch.module, None, tool.name), copy,
+                        copy_function=shutil.copyfile)
+        for directory, _, _ in os.walk(copy):
+            os.chmod(directory, 0o755)
+        for inside, name in patch.files.items():
+            if not (copy / inside).is_file():
+                # Upstream moved it: ours would be added beside the new file, not swapped in.
+                raise RuntimeError(f"tools/{tool.name}/patches/{name} replaces {inside}, which "
+                                   f"{patch.module} no longer has: update the patch")
+            shutil.copyfile(tool.patch_dir / name, copy / inside)
+        replaces.append(f"replace {patch.module} => {copy}\n")
+    go_mod = (tool.module_dir / "go.mod").read_text()
+    (sources / "go.mod").write_text(go_mod + "\n" + "".join(replaces))
+    # -modfile reads (and -mod=mod may extend) the go.sum beside it.
+    shutil.copyfile(tool.module_dir / "go.sum", sources / "go.sum")
+    return ["-modfile", str(sources / "go.mod")]
+
+
+def _count_packages(tool: GoTool, packages: list[str], flags: list[str],
+                    env: dict[str, str]) -> int:
+    # With the build's flags: tags and patches decide which packages are compiled (promtool's
+    # remove_all_sd, traefik's lego).
+    listed = subprocess.run(["go", "list", *flags, "-deps", *packages], cwd=tool.module_dir,
+                            env=env, capture_output=True, text=True)
     if listed.returncode != 0:
         raise RuntimeError(f"go list failed for {tool.name}:\n{listed.stderr[-2000:]}")
     return len(listed.stdout.split())
@@ -242,9 +307,11 @@ def ensure_all(progress: Progress = _quiet, real_nodes: bool = True) -> dict[str
     return paths
 
 
-def module_dir(module: str, version: str, tool: str) -> Path:
-    """Where the Go module cache holds `module@version` (for files shipped in it, e.g. CRDs)."""
-    result = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
+def module_dir(module: str, version: str | None, tool: str) -> Path:
+    """Where the Go module cache holds `module@version` (for files shipped in it, e.g. CRDs);
+    without a version, the one `tool`'s go.mod selects."""
+    query = f"{module}@{version}" if version else module
+    result = subprocess.run(["go", "mod", "download", "-json", query],
                             cwd=repo_root() / "tools" / tool, env=_go_env(),
                             capture_output=True, text=True, check=True)
     return Path(json.loads(result.stdout)["Dir"])
