@@ -21,7 +21,7 @@ import httpx
 import pytest
 from kubernetes import client
 from modelservices import Services, service_spec
-from trainingruns import Runs, wait_for
+from trainingruns import Runs, real_digits_spec, wait_for
 
 from kakehashi.dev import node
 from kakehashi.dev.operator import OPERATOR_AWS_SECRET, InClusterOperator, LocalOperator
@@ -116,16 +116,7 @@ def test_a_model_trains_bakes_and_serves_under_the_in_cluster_operator(
 
     create_team_secrets(dev_env, namespace, for_pods=True)
     runs = Runs(learning, namespace)
-    runs.create("digits", {
-        "image": dev_env.images["training"],
-        "command": ["python", "/opt/kakehashi/examples/digits/train.py"],
-        "hyperparameters": {"epochs": 20, "learning_rate": 0.005},
-        "gate": {"metric": "accuracy", "threshold": 0.8},
-        "env": [{"name": "AWS_REGION", "value": dev_env.s3.region}],
-        "resources": {"cpu": 1, "memory": "2Gi"},
-        "nodeSelector": node.SELECTOR,
-        "tolerations": [node.TOLERATION],
-    })
+    runs.create("digits", real_digits_spec(dev_env))
     started = time.monotonic()
     status = runs.wait_phase("digits", "Succeeded", "Failed", timeout=600)
     FIGURES["real training run, created to Succeeded (s)"] = time.monotonic() - started

@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from trainingruns import Runs
-
-from kakehashi.dev import node
+from trainingruns import Runs, real_digits_spec
 
 
 @pytest.fixture
@@ -29,19 +27,7 @@ def test_real_training_lands_its_model_in_the_run_status(runs: Runs, dev_env: An
             string_data={"AWS_ACCESS_KEY_ID": dev_env.s3.access_key, "AWS_SECRET_ACCESS_KEY": dev_env.s3.secret_key},
         ),
     )
-    runs.create(
-        "digits-real",
-        {
-            "image": dev_env.images["training"],
-            "command": ["python", "/opt/kakehashi/examples/digits/train.py"],
-            "hyperparameters": {"epochs": 20, "learning_rate": 0.005},
-            "gate": {"metric": "accuracy", "threshold": 0.8},
-            "env": [{"name": "AWS_REGION", "value": dev_env.s3.region}],
-            "resources": {"cpu": 1, "memory": "2Gi"},
-            "nodeSelector": node.SELECTOR,
-            "tolerations": [node.TOLERATION],
-        },
-    )
+    runs.create("digits-real", real_digits_spec(dev_env))
     status = runs.wait_phase("digits-real", "Succeeded", "Failed", timeout=600)
     assert status["phase"] == "Succeeded", status
     [job] = runs.jobs("digits-real")

@@ -11,6 +11,23 @@ from kubernetes import client
 from kakehashi import GROUP, VERSION
 
 
+def real_digits_spec(dev_env: Any) -> dict[str, Any]:
+    """The digits example trained for real on the learning cluster's real node (TensorFlow in
+    the training image, the model to MinIO), gated on accuracy."""
+    from kakehashi.dev import node
+
+    return {
+        "image": dev_env.images["training"],
+        "command": ["python", "/opt/kakehashi/examples/digits/train.py"],
+        "hyperparameters": {"epochs": 20, "learning_rate": 0.005},
+        "gate": {"metric": "accuracy", "threshold": 0.8},
+        "env": [{"name": "AWS_REGION", "value": dev_env.s3.region}],
+        "resources": {"cpu": 1, "memory": "2Gi"},
+        "nodeSelector": node.SELECTOR,
+        "tolerations": [node.TOLERATION],
+    }
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None

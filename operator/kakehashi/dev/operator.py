@@ -329,7 +329,8 @@ class InClusterOperator:
             pods, leader = self.ready_pods(), self.leader()
             if len(pods) == replicas and leader is not None:
                 standbys = [p for p in pods if p.metadata.name != leader.metadata.name]
-                if (self.health(leader).startswith("200 ") and "standby" not in self.health(leader)
+                leading = self.health(leader)
+                if (leading.startswith("200 ") and "standby" not in leading
                         and all(self.health(p).startswith('200 {"standby"') for p in standbys)):
                     return leader, standbys
             time.sleep(0.5)
